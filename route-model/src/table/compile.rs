@@ -100,14 +100,17 @@ fn envs(spec: &RoutingSpec, errors: &mut Vec<SpecError>) -> HashMap<EnvId, Env> 
     envs
 }
 
+/// `(env, process type)`: the instances a route may use.
+type BackendKey = (EnvId, Arc<str>);
+
 /// Healthy instance addresses by `(env, process type)`, in instance-id order.
 fn backends(
     spec: &RoutingSpec,
     overlay: &OverlayPolicy,
     errors: &mut Vec<SpecError>,
-) -> HashMap<(EnvId, Arc<str>), Vec<Ipv6Addr>> {
+) -> HashMap<BackendKey, Vec<Ipv6Addr>> {
     let mut ids = HashSet::with_capacity(spec.instances.len());
-    let mut healthy: BTreeMap<(EnvId, Arc<str>), Vec<(Arc<str>, Ipv6Addr)>> = BTreeMap::new();
+    let mut healthy: BTreeMap<BackendKey, Vec<(Arc<str>, Ipv6Addr)>> = BTreeMap::new();
     for inst_spec in &spec.instances {
         match Instance::from_spec(inst_spec, overlay) {
             Ok(inst) if !ids.insert(inst.id.clone()) => errors.push(

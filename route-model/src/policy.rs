@@ -204,8 +204,10 @@ mod tests {
 
     #[test]
     fn ipv6_serves_80_443_and_extras_deny_wins() {
-        let mut p = PortPolicy::default();
-        p.ipv6_extra_ports = PortSet::ports(&[8443, 25]);
+        let p = PortPolicy {
+            ipv6_extra_ports: PortSet::ports(&[8443, 25]),
+            ..PortPolicy::default()
+        };
         assert!(p.allows_ipv6(443) && p.allows_ipv6(80) && p.allows_ipv6(8443));
         assert!(!p.allows_ipv6(5432));
         assert!(!p.allows_ipv6(25), "deny_ports wins over the allowlist");

@@ -1,0 +1,107 @@
+//! The admin HTTP server on `admin.listen`: `/metrics`, `/healthz`,
+//! `/readyz` and `/routes`. Local by default; read-only.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use route_model::{Listener, RouteTable};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::app::Shared;
+
+/// Serves admin requests until the task is dropped.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(respond(&shared, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            shared.metrics.render(),
+        ),
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            let body = json!({ "version": shared.live.load().table.version() }).to_string();
+            let status = if shared.ready() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            reply(status, "application/json", body)
+        }
+        "/routes" => {
+            let live = shared.live.load();
+            let mut body = routes_json(&live.table);
+            body["rejected"] = live.errors.iter().map(|e| json!(e.to_string())).collect();
+            reply(StatusCode::OK, "application/json", body.to_string())
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// The contract's `/routes` document.
+pub fn routes_json(table: &RouteTable) -> serde_json::Value {
+    let listeners: Vec<serde_json::Value> = table
+        .listeners()
+        .map(|(addr, listener)| {
+            let routes: Vec<serde_json::Value> = table
+                .routes_on(addr)
+                .iter()
+                .map(|r| {
+                    json!({
+                        "id": &*r.route.id,
+                        "hostname": r.route.hostname.to_string(),
+                        "protocol": r.route.protocol.as_str(),
+                        "env": r.route.env.as_str(),
+                        "backend_port": r.route.backend_port,
+                        "backends": r.backends.len(),
+                        "proxy_protocol": r.route.proxy_protocol,
+                    })
+                })
+                .collect();
+            let kind = match listener {
+                Listener::Tls(_) => "tls_passthrough",
+                Listener::Raw(_) => "tcp_raw",
+            };
+            json!({ "addr": addr.to_string(), "protocol": kind, "routes": routes })
+        })
+        .collect();
+    json!({ "version": table.version(), "listeners": listeners })
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}

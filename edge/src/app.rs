@@ -1,0 +1,278 @@
+//! The running edge: shared state, applying route tables, reload and drain.
+//!
+//! A route table is applied in one place, [`App::apply`], whatever its
+//! source (startup, SIGHUP, a push from edge-agent): compile, swap the live
+//! snapshot atomically, diff the listener set (close only the pairs that
+//! disappeared, bind the new ones), and give tunnels of deleted routes
+//! `deleted_route_grace` before they are ended. Tunnels of routes that still
+//! exist are never touched: they hold no reference to the table.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use route_model::{compile, RouteTable, RoutingSpec, SpecError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::backend::BackendLoad;
+use crate::config::{Config, Limits, Overlay};
+use crate::limits::Admission;
+use crate::listen;
+use crate::metrics::Metrics;
+use crate::reject::RejectLog;
+
+/// How often listeners that failed to bind are retried.
+const BIND_RETRY: Duration = Duration::from_secs(1);
+
+/// The snapshot every connection reads: swapped whole, never mutated.
+#[derive(Debug)]
+pub struct Live {
+    pub table: RouteTable,
+    pub overlay: Overlay,
+    /// What validation rejected in the config this table came from.
+    pub errors: Vec<SpecError>,
+}
+
+/// State shared by the accept loops, connections and the admin server.
+#[derive(Debug)]
+pub struct Shared {
+    pub live: ArcSwap<Live>,
+    pub limits: Limits,
+    pub metrics: Metrics,
+    pub admission: Arc<Admission>,
+    pub load: Arc<BackendLoad>,
+    pub rejects: RejectLog,
+    pub withdrawals: Withdrawals,
+    /// Listeners of the live table not bound yet.
+    pub unbound: AtomicUsize,
+    pub draining: AtomicBool,
+    fd_log: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    /// True once every listener of the live table is bound.
+    pub fn ready(&self) -> bool {
+        self.unbound.load(Ordering::Acquire) == 0 && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Logs descriptor exhaustion at most once a second.
+    pub fn fd_exhausted_log(&self, e: &std::io::Error) {
+        let mut last = self.fd_log.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            tracing::error!(error = %e, open = self.admission.open(), "accept: out of file descriptors; pausing accepts");
+        }
+    }
+}
+
+/// Tunnels of deleted routes: each subscribes by route id and is told when
+/// the route is gone for good.
+#[derive(Debug, Default)]
+pub struct Withdrawals {
+    routes: Mutex<HashMap<Arc<str>, watch::Sender<bool>>>,
+}
+
+impl Withdrawals {
+    /// A future that resolves when route `id` is withdrawn.
+    pub fn subscribe(
+        &self,
+        id: &Arc<str>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = {
+            let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+            routes
+                .entry(Arc::clone(id))
+                .or_insert_with(|| watch::channel(false).0)
+                .subscribe()
+        };
+        async move {
+            if rx.wait_for(|gone| *gone).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    fn withdraw(&self, id: &str) {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = routes.remove(id) {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+/// The edge: shared state plus the listener set.
+#[derive(Debug)]
+pub struct App {
+    pub shared: Arc<Shared>,
+    listeners: Mutex<HashMap<SocketAddr, JoinHandle<()>>>,
+    /// Serialises `apply` (SIGHUP and control pushes may race).
+    applying: tokio::sync::Mutex<()>,
+}
+
+impl App {
+    pub fn new(config: &Config) -> Arc<App> {
+        let limits = config.limits;
+        let shared = Arc::new(Shared {
+            live: ArcSwap::from_pointee(Live {
+                table: RouteTable::default(),
+                overlay: config.overlay.clone(),
+                errors: Vec::new(),
+            }),
+            limits,
+            metrics: Metrics::new(),
+            admission: Admission::new(limits.max_connections, limits.max_connections_per_source),
+            load: Arc::new(BackendLoad::default()),
+            rejects: RejectLog::new(),
+            withdrawals: Withdrawals::default(),
+            unbound: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            fd_log: Mutex::new(None),
+        });
+        Arc::new(App {
+            shared,
+            listeners: Mutex::new(HashMap::new()),
+            applying: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Compiles `routing` under `config`'s policy and makes it live.
+    /// Returns the new version and what validation rejected.
+    pub async fn apply(
+        self: &Arc<Self>,
+        config: &Config,
+        routing: &RoutingSpec,
+    ) -> (u64, Vec<SpecError>) {
+        let _one_at_a_time = self.applying.lock().await;
+        let shared = &self.shared;
+        let old = shared.live.load_full();
+        let version = old.table.version() + 1;
+        let compiled = compile(routing, &config.policy, &config.overlay.policy, version);
+        for e in &compiled.errors {
+            tracing::warn!(version, error = %e, "config object rejected");
+        }
+        let errors = compiled.errors.clone();
+        shared.live.store(Arc::new(Live {
+            table: compiled.table,
+            overlay: config.overlay.clone(),
+            errors: compiled.errors,
+        }));
+        let live = shared.live.load_full();
+        self.sync_listeners(&live.table);
+        self.withdraw_deleted(&old.table, &live.table);
+
+        let m = &shared.metrics;
+        m.table_version.set(version as i64);
+        m.routes.set(live.table.routes().len() as i64);
+        m.routes_rejected.set(errors.len() as i64);
+        m.listeners.set(live.table.listeners().count() as i64);
+        tracing::info!(
+            version,
+            routes = live.table.routes().len(),
+            listeners = live.table.listeners().count(),
+            rejected = errors.len(),
+            "route table applied"
+        );
+        (version, errors)
+    }
+
+    /// Closes listeners whose pair is gone and binds the new ones.
+    fn sync_listeners(self: &Arc<Self>, table: &RouteTable) {
+        let wanted: HashSet<SocketAddr> = table.listeners().map(|(a, _)| *a).collect();
+        let mut running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        running.retain(|addr, task| {
+            let keep = wanted.contains(addr);
+            if !keep {
+                task.abort();
+                tracing::info!(%addr, "listener closed");
+            }
+            keep
+        });
+        let mut unbound = 0;
+        for addr in wanted {
+            if running.contains_key(&addr) {
+                continue;
+            }
+            match listen::bind(addr, self.shared.limits.listen_backlog) {
+                Ok(listener) => {
+                    tracing::info!(%addr, "listener bound");
+                    let task = tokio::spawn(listen::accept_loop(
+                        listener,
+                        addr,
+                        Arc::clone(&self.shared),
+                    ));
+                    running.insert(addr, task);
+                }
+                Err(e) => {
+                    unbound += 1;
+                    tracing::error!(%addr, error = %e, "cannot bind listener; retrying");
+                }
+            }
+        }
+        self.shared.unbound.store(unbound, Ordering::Release);
+        self.shared.metrics.listeners_unbound.set(unbound as i64);
+    }
+
+    /// Retries listeners that failed to bind, until shutdown.
+    pub async fn retry_binds(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(BIND_RETRY).await;
+            if self.shared.unbound.load(Ordering::Acquire) > 0
+                && !self.shared.draining.load(Ordering::Acquire)
+            {
+                let _one_at_a_time = self.applying.lock().await;
+                let live = self.shared.live.load_full();
+                self.sync_listeners(&live.table);
+            }
+        }
+    }
+
+    /// Schedules the end of tunnels of routes that are in `old` only.
+    fn withdraw_deleted(self: &Arc<Self>, old: &RouteTable, new: &RouteTable) {
+        let kept: BTreeSet<&str> = new.routes().iter().map(|r| &*r.route.id).collect();
+        let deleted: Vec<Arc<str>> = old
+            .routes()
+            .iter()
+            .map(|r| Arc::clone(&r.route.id))
+            .filter(|id| !kept.contains(&**id))
+            .collect();
+        if deleted.is_empty() {
+            return;
+        }
+        let grace = self.shared.limits.deleted_route_grace;
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let live = shared.live.load();
+            for id in deleted {
+                let back = live.table.routes().iter().any(|r| r.route.id == id);
+                if !back {
+                    shared.withdrawals.withdraw(&id);
+                }
+            }
+        });
+    }
+
+    /// Stops accepting at once and waits for open connections to finish,
+    /// at most `drain_timeout`. Returns the connections still open.
+    pub async fn drain(&self) -> usize {
+        self.shared.draining.store(true, Ordering::Release);
+        {
+            let mut running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+            for (_, task) in running.drain() {
+                task.abort();
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.limits.drain_timeout;
+        loop {
+            let open = self.shared.admission.open();
+            if open == 0 || tokio::time::Instant::now() >= deadline {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

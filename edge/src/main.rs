@@ -1,0 +1,104 @@
+//! `edge`: the data plane binary. See the README and docs/operations.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use edge::check;
+use edge::config::Config;
+
+/// Exit code for a bad command line or an unusable config (EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+/// Exit code of `edge check` when some object was rejected (EX_DATAERR).
+const EXIT_REJECTED: u8 = 65;
+/// Exit code when the edge could not start (EX_SOFTWARE... or a busy port).
+const EXIT_START: u8 = 70;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "L4 edge: TLS SNI passthrough and raw TCP to microVM backends over an IPv6 overlay"
+)]
+struct Cli {
+    /// Path to edge.toml.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log line format on stderr (filter with EDGE_LOG or RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config and print the compiled listener table; exit non-zero on any error.
+    Check,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let Some(path) = cli.config else {
+        eprintln!("edge: --config <edge.toml> is required");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("edge: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match cli.command {
+        Some(Command::Check) => {
+            let compiled = check::compile_config(&config);
+            print!("{}", check::report(&compiled));
+            if compiled.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_REJECTED)
+            }
+        }
+        None => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("edge: cannot start the runtime: {e}");
+                    return ExitCode::from(EXIT_START);
+                }
+            };
+            match runtime.block_on(edge::run::run(path, config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "edge cannot start");
+                    ExitCode::from(EXIT_START)
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,196 @@
+//! Every Prometheus family of the edge, registered once in one registry.
+//!
+//! Labels are stable snake_case values from the `as_str()` of small enums,
+//! so dashboards and alerts do not break when code moves. Children used on
+//! every connection (bytes, accepted) are resolved once here, not per call.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Buckets for the ClientHello peek: from one RTT on a LAN to the timeout.
+const PEEK_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets for backend connects over the overlay.
+const CONNECT_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0,
+];
+/// ClientHello sizes: classic (~250-600 B), post-quantum (1.5-2.1 KB), padded.
+const HELLO_SIZE_BUCKETS: &[f64] = &[
+    256.0, 512.0, 1024.0, 1536.0, 2048.0, 4096.0, 8192.0, 16384.0,
+];
+
+/// The edge's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub accepted: IntCounter,
+    pub active: IntGauge,
+    rejected: IntCounterVec,
+    pub bytes_to_backend: IntCounter,
+    pub bytes_to_client: IntCounter,
+    pub peek_seconds: Histogram,
+    pub hello_bytes: Histogram,
+    alpn: IntCounterVec,
+    pub connect_seconds: Histogram,
+    pub connect_failures: IntCounter,
+    pub table_version: IntGauge,
+    pub routes: IntGauge,
+    pub routes_rejected: IntGauge,
+    pub listeners: IntGauge,
+    pub listeners_unbound: IntGauge,
+    reloads: IntCounterVec,
+    accept_errors: IntCounterVec,
+    tunnels_closed: IntCounterVec,
+    pub log_lines_suppressed: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric definition is valid");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("each family is registered once");
+                m
+            }};
+        }
+        let bytes = reg!(IntCounterVec::new(
+            Opts::new("edge_bytes_total", "Bytes forwarded, by direction."),
+            &["direction"]
+        ));
+        Metrics {
+            accepted: reg!(IntCounter::new(
+                "edge_connections_accepted_total",
+                "Client connections accepted on public listeners."
+            )),
+            active: reg!(IntGauge::new(
+                "edge_connections_active",
+                "Client connections open now (handshaking or established)."
+            )),
+            rejected: reg!(IntCounterVec::new(
+                Opts::new(
+                    "edge_connections_rejected_total",
+                    "Client connections closed without forwarding, by reason."
+                ),
+                &["reason"]
+            )),
+            bytes_to_backend: bytes.with_label_values(&["client_to_backend"]),
+            bytes_to_client: bytes.with_label_values(&["backend_to_client"]),
+            peek_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "edge_client_hello_peek_seconds",
+                    "Time from accept to a complete ClientHello."
+                )
+                .buckets(PEEK_BUCKETS.to_vec())
+            )),
+            hello_bytes: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "edge_client_hello_bytes",
+                    "Bytes read before the ClientHello was complete (record headers included)."
+                )
+                .buckets(HELLO_SIZE_BUCKETS.to_vec())
+            )),
+            alpn: reg!(IntCounterVec::new(
+                Opts::new(
+                    "edge_client_hello_alpn_total",
+                    "ClientHellos by first offered ALPN protocol (h2, http_1_1, other, none)."
+                ),
+                &["alpn"]
+            )),
+            connect_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "edge_backend_connect_seconds",
+                    "Time to establish a backend connection (successful attempts)."
+                )
+                .buckets(CONNECT_BUCKETS.to_vec())
+            )),
+            connect_failures: reg!(IntCounter::new(
+                "edge_backend_connect_failures_total",
+                "Backend connect attempts that failed or timed out."
+            )),
+            table_version: reg!(IntGauge::new(
+                "edge_route_table_version",
+                "Version of the route table being served."
+            )),
+            routes: reg!(IntGauge::new(
+                "edge_routes",
+                "Routes in the table being served."
+            )),
+            routes_rejected: reg!(IntGauge::new(
+                "edge_routes_rejected",
+                "Routes, envs and instances of the current config rejected by validation."
+            )),
+            listeners: reg!(IntGauge::new(
+                "edge_listeners",
+                "(IP, port) listeners the current table needs."
+            )),
+            listeners_unbound: reg!(IntGauge::new(
+                "edge_listeners_unbound",
+                "Listeners of the current table that could not be bound yet (retried)."
+            )),
+            reloads: reg!(IntCounterVec::new(
+                Opts::new("edge_reloads_total", "Route table reloads, by result."),
+                &["result"]
+            )),
+            accept_errors: reg!(IntCounterVec::new(
+                Opts::new(
+                    "edge_accept_errors_total",
+                    "accept(2) failures, by kind (fd_exhausted, other)."
+                ),
+                &["kind"]
+            )),
+            tunnels_closed: reg!(IntCounterVec::new(
+                Opts::new(
+                    "edge_tunnels_closed_total",
+                    "Established tunnels closed, by cause."
+                ),
+                &["cause"]
+            )),
+            log_lines_suppressed: reg!(IntCounter::new(
+                "edge_log_lines_suppressed_total",
+                "Rejection log lines dropped by the log rate limit (still counted above)."
+            )),
+            registry,
+        }
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    pub fn alpn(&self, label: &str) {
+        self.alpn.with_label_values(&[label]).inc();
+    }
+
+    pub fn reload(&self, result: &str) {
+        self.reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn accept_error(&self, kind: &str) {
+        self.accept_errors.with_label_values(&[kind]).inc();
+    }
+
+    pub fn tunnel_closed(&self, cause: &str) {
+        self.tunnels_closed.with_label_values(&[cause]).inc();
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(8 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("the text encoder writes UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,119 @@
+//! Running the edge: startup, the signal loop, reload and shutdown.
+//!
+//! SIGHUP re-reads the file and applies its routes through the same path as
+//! every table change; a file that does not parse is logged and the live
+//! table stays. SIGTERM/SIGINT stop accepting at once, let open tunnels run
+//! up to `drain_timeout`, then return (the process exits 0).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::admin;
+use crate::app::App;
+use crate::config::{Config, Limits};
+
+/// File descriptors kept back from connections: listeners, the admin
+/// server, logs, the control socket and headroom for accept bursts.
+const RESERVED_FDS: u64 = 256;
+/// Descriptors one connection holds: the client and the backend socket.
+const FDS_PER_CONNECTION: u64 = 2;
+
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("admin.listen {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs until SIGTERM/SIGINT and the drain that follows.
+pub async fn run(path: PathBuf, mut config: Config) -> Result<(), StartError> {
+    fit_to_fd_limit(&mut config.limits);
+    let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
+    let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|source| StartError::Admin {
+            addr: config.admin.listen,
+            source,
+        })?;
+
+    let app = App::new(&config);
+    app.apply(&config, &config.routing).await;
+    let admin_task = tokio::spawn(admin::serve(admin_listener, Arc::clone(&app.shared)));
+    let retry_task = tokio::spawn(Arc::clone(&app).retry_binds());
+    tracing::info!(admin = %config.admin.listen, version = env!("CARGO_PKG_VERSION"), "edge started");
+
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&app, &path, &config).await,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!(
+        open = app.shared.admission.open(),
+        "draining: listeners closed"
+    );
+    retry_task.abort();
+    let left = app.drain().await;
+    admin_task.abort();
+    tracing::info!(left_open = left, "edge stopped");
+    Ok(())
+}
+
+async fn reload(app: &Arc<App>, path: &Path, running: &Config) {
+    match Config::load(path) {
+        Ok(new) => {
+            if new.limits != running.limits
+                || new.admin != running.admin
+                || new.control != running.control
+            {
+                tracing::warn!("reload: [limits], [admin] and [control] changes take effect at the next restart");
+            }
+            app.shared.metrics.reload("ok");
+            app.apply(&new, &new.routing).await;
+        }
+        Err(e) => {
+            app.shared.metrics.reload("error");
+            tracing::error!(error = %e, "reload failed; keeping the live route table");
+        }
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one and caps
+/// `max_connections` to what it allows, saying so once.
+fn fit_to_fd_limit(limits: &mut Limits) {
+    let hard = match rlimit::Resource::NOFILE.get() {
+        Ok((soft, hard)) => {
+            if soft < hard && rlimit::Resource::NOFILE.set(hard, hard).is_err() {
+                soft
+            } else {
+                hard
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE; max_connections not checked");
+            return;
+        }
+    };
+    let fit = usize::try_from(hard.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION)
+        .unwrap_or(usize::MAX);
+    if limits.max_connections > fit {
+        tracing::warn!(
+            configured = limits.max_connections,
+            capped_to = fit,
+            nofile = hard,
+            "limits.max_connections does not fit the file-descriptor limit; capping it"
+        );
+        limits.max_connections = fit.max(1);
+    }
+}

@@ -1,1 +1,31 @@
-//! Being written.
+//! Support for the black-box tests in `tests/tests/`: the edge runs as a
+//! real process, clients and backends are real sockets with real TLS on
+//! loopback, and every assertion is about what a user sees (bytes, which
+//! backend answered, whether a port is closed, what /metrics says).
+//!
+//! - [`ca`]: a throwaway CA and server certificates (rcgen).
+//! - [`backend`]: TLS and plain TCP backends that identify themselves and
+//!   echo, and record any PROXY v2 header they receive.
+//! - [`edge`]: build an `edge.toml`, start the binary, wait for /readyz,
+//!   read /metrics and /routes, signal it by PID.
+//! - [`client`]: TLS clients that verify the backend's certificate through
+//!   the edge, and helpers for raw bytes.
+//! - [`ports`]: free ports and test addresses on `lo`.
+#![allow(missing_debug_implementations)]
+
+pub mod backend;
+pub mod ca;
+pub mod client;
+pub mod edge;
+pub mod ports;
+
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Real ClientHellos captured from the wire (see `tls-peek/testdata`).
+pub mod captures {
+    pub const CHROMIUM_PQ: &[u8] = include_bytes!("../../tls-peek/testdata/chromium-pq.bin");
+    pub const CURL: &[u8] = include_bytes!("../../tls-peek/testdata/curl-openssl3.bin");
+    pub const OPENSSL_NOSNI: &[u8] =
+        include_bytes!("../../tls-peek/testdata/openssl-s_client-nosni.bin");
+}

@@ -1,0 +1,52 @@
+//! Ports and addresses for tests on one machine's loopback.
+
+use std::net::{Ipv6Addr, TcpListener};
+use std::process::Command;
+
+/// A port free on both `127.0.0.1` and `[::1]` at the time of asking.
+pub fn free_port() -> u16 {
+    loop {
+        let v6 = TcpListener::bind("[::1]:0").expect("bind [::1]:0");
+        let port = v6.local_addr().expect("addr").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// An extra address on `lo` (an instance's overlay address, an env's
+/// public address), removed again when dropped. Needs root, which the test
+/// machine and CI have.
+pub struct LoAddr {
+    pub addr: Ipv6Addr,
+}
+
+impl LoAddr {
+    pub fn add(addr: &str) -> LoAddr {
+        let addr: Ipv6Addr = addr.parse().expect("IPv6 address");
+        let cidr = format!("{addr}/128");
+        // A leftover from a crashed run is removed first.
+        let _ = Command::new("ip")
+            .args(["-6", "addr", "del", &cidr, "dev", "lo"])
+            .output();
+        let out = Command::new("ip")
+            .args(["-6", "addr", "add", &cidr, "dev", "lo", "nodad"])
+            .output()
+            .expect("run ip (iproute2)");
+        assert!(
+            out.status.success(),
+            "ip addr add {cidr}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        LoAddr { addr }
+    }
+}
+
+impl Drop for LoAddr {
+    fn drop(&mut self) {
+        let cidr = format!("{}/128", self.addr);
+        let _ = Command::new("ip")
+            .args(["-6", "addr", "del", &cidr, "dev", "lo"])
+            .output();
+    }
+}

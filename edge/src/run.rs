@@ -14,6 +14,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::admin;
 use crate::app::App;
 use crate::config::{Config, Limits};
+use crate::control;
+use crate::source::Source;
 
 /// File descriptors kept back from connections: listeners, the admin
 /// server, logs, the control socket and headroom for accept bursts.
@@ -31,6 +33,11 @@ pub enum StartError {
     },
     #[error("signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("control.socket {path}: {source}")]
+    Control {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Runs until SIGTERM/SIGINT and the drain that follows.
@@ -46,15 +53,28 @@ pub async fn run(path: PathBuf, mut config: Config) -> Result<(), StartError> {
             source,
         })?;
 
+    let control_listener = match &config.control {
+        Some(c) => Some(
+            control::bind(&c.socket).map_err(|source| StartError::Control {
+                path: c.socket.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+
     let app = App::new(&config);
-    app.apply(&config, &config.routing).await;
+    let source = Arc::new(Source::new(Arc::clone(&app), config.clone()));
+    source.apply_current().await;
+    let control_task =
+        control_listener.map(|l| tokio::spawn(control::serve(l, Arc::clone(&source))));
     let admin_task = tokio::spawn(admin::serve(admin_listener, Arc::clone(&app.shared)));
     let retry_task = tokio::spawn(Arc::clone(&app).retry_binds());
     tracing::info!(admin = %config.admin.listen, version = env!("CARGO_PKG_VERSION"), "edge started");
 
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&app, &path, &config).await,
+            _ = hup.recv() => reload(&app, &source, &path, &config).await,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -64,13 +84,19 @@ pub async fn run(path: PathBuf, mut config: Config) -> Result<(), StartError> {
         "draining: listeners closed"
     );
     retry_task.abort();
+    if let Some(task) = control_task {
+        task.abort();
+    }
+    if let Some(c) = &config.control {
+        let _ = std::fs::remove_file(&c.socket);
+    }
     let left = app.drain().await;
     admin_task.abort();
     tracing::info!(left_open = left, "edge stopped");
     Ok(())
 }
 
-async fn reload(app: &Arc<App>, path: &Path, running: &Config) {
+async fn reload(app: &Arc<App>, source: &Source, path: &Path, running: &Config) {
     match Config::load(path) {
         Ok(new) => {
             if new.limits != running.limits
@@ -80,7 +106,7 @@ async fn reload(app: &Arc<App>, path: &Path, running: &Config) {
                 tracing::warn!("reload: [limits], [admin] and [control] changes take effect at the next restart");
             }
             app.shared.metrics.reload("ok");
-            app.apply(&new, &new.routing).await;
+            source.reload(new).await;
         }
         Err(e) => {
             app.shared.metrics.reload("error");

@@ -154,6 +154,33 @@ pub enum SpecError {
 }
 
 impl SpecError {
+    /// What is rejected: `("env" | "instance" | "route", id)`, so a NACK
+    /// can name the object without parsing the message.
+    pub fn object(&self) -> (&'static str, &str) {
+        match self {
+            SpecError::Env(
+                EnvError::BadId { id: env }
+                | EnvError::BadIpv6 { env, .. }
+                | EnvError::BadIpv4 { env, .. }
+                | EnvError::PortZero { env }
+                | EnvError::Duplicate { env },
+            ) => ("env", env),
+            SpecError::Instance(e) => (
+                "instance",
+                match e {
+                    InstanceError::EmptyId => "",
+                    InstanceError::BadEnv { instance, .. }
+                    | InstanceError::EmptyProcessType { instance }
+                    | InstanceError::BadAddr { instance, .. }
+                    | InstanceError::Ipv4Addr { instance, .. }
+                    | InstanceError::OutsideOverlay { instance, .. }
+                    | InstanceError::Duplicate { instance } => instance,
+                },
+            ),
+            SpecError::Route(e) => ("route", e.route_id()),
+        }
+    }
+
     /// `env`, `instance` or `route`, plus the kind, for metric labels.
     pub fn kind(&self) -> &'static str {
         match self {

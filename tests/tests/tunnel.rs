@@ -154,7 +154,11 @@ async fn one_hundred_megabytes_each_way_arrive_intact() {
     let expected = expected.finalize().to_vec();
 
     let raw = TcpStream::connect(v6(site.raw_port)).await.unwrap();
+    let started = std::time::Instant::now();
     let (hash, received) = echo_through(raw, total).await;
+    // Informational only (never asserted): the benches measure speed.
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("raw echo: {:.0} MB/s each way", total as f64 / secs / 1e6);
     assert_eq!(received, total + 4);
     assert_eq!(hash, expected, "raw tunnel");
 

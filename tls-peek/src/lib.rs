@@ -79,7 +79,8 @@ impl std::error::Error for Reason {}
 /// The answer to one [`Peeker::feed`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peek<'a> {
-    /// More bytes are needed; at least `needed` more.
+    /// More bytes are needed: the hello cannot complete with fewer than
+    /// `needed` more (a reject may come sooner; feed whatever arrives).
     Incomplete { needed: usize },
     /// The ClientHello is complete and well formed.
     Complete(ClientHello<'a>),

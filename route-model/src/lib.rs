@@ -17,18 +17,22 @@
 
 pub mod env;
 pub mod error;
+pub mod event;
 pub mod instance;
 pub mod name;
 pub mod policy;
 pub mod route;
 pub mod spec;
+pub mod state;
 pub mod table;
 
 pub use env::{Env, EnvId};
 pub use error::{EnvError, InstanceError, RouteError, SpecError};
+pub use event::{Event, EventBatch, EventError, EventKind};
 pub use instance::Instance;
 pub use name::{HostPattern, Hostname, NameError};
 pub use policy::{OverlayPolicy, PortPolicy, PortSet};
 pub use route::{HealthSource, Protocol, Route};
 pub use spec::{EnvSpec, InstanceSpec, RouteSpec, RoutingSpec};
+pub use state::{Applied, Gap, State};
 pub use table::{compile, Compiled, Decision, Listener, RejectReason, RouteTable, TableRoute};

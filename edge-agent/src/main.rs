@@ -1,0 +1,117 @@
+//! `edge-agent --config agent.toml`. See docs/operations.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use edge_agent::config::Config;
+use edge_agent::metrics::{self, Metrics};
+use edge_agent::store::Store;
+use edge_agent::sync::Agent;
+
+const EXIT_USAGE: u8 = 64;
+const EXIT_START: u8 = 70;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Follows the control plane's event stream and pushes route tables to the edge"
+)]
+struct Cli {
+    /// Path to agent.toml.
+    #[arg(long)]
+    config: PathBuf,
+    /// Log line format on stderr (filter with EDGE_AGENT_LOG or RUST_LOG).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("edge-agent: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("edge-agent: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_START);
+        }
+    };
+    runtime.block_on(async move {
+        let store = match Store::open(&config.state_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "state_dir unusable");
+                return ExitCode::from(EXIT_START);
+            }
+        };
+        let state = match store.load() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the saved state");
+                return ExitCode::from(EXIT_START);
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(config.metrics_listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(addr = %config.metrics_listen, error = %e, "metrics.listen");
+                return ExitCode::from(EXIT_START);
+            }
+        };
+        let metrics = Metrics::new();
+        tokio::spawn(metrics::serve(listener, metrics.clone()));
+        tracing::info!(node_id = %config.node_id, cursor = state.cursor(), metrics = %config.metrics_listen, "edge-agent started");
+        let agent = Agent::new(config, metrics, store, state);
+        tokio::select! {
+            _ = agent.run() => {}
+            _ = shutdown() => tracing::info!("edge-agent stopping"),
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGE_AGENT_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -50,7 +50,7 @@ impl Transport {
 /// An open subscription.
 #[derive(Debug)]
 pub enum Feed {
-    Grpc(grpc::GrpcFeed),
+    Grpc(Box<grpc::GrpcFeed>),
     Poll(poll::PollFeed),
 }
 

@@ -133,9 +133,8 @@ impl Agent {
         match transport {
             Transport::Grpc => {
                 let endpoint = &self.config.grpc[self.next_grpc % self.config.grpc.len()];
-                Ok(Feed::Grpc(
-                    GrpcFeed::subscribe(endpoint, &self.config.node_id, after).await?,
-                ))
+                let feed = GrpcFeed::subscribe(endpoint, &self.config.node_id, after).await?;
+                Ok(Feed::Grpc(Box::new(feed)))
             }
             Transport::Poll => {
                 let url = self

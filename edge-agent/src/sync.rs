@@ -45,6 +45,9 @@ pub struct Agent {
     next_grpc: usize,
     poll_until: Option<Instant>,
     backoff: Backoff,
+    /// Between resyncs: a log that itself has a gap must not be re-read
+    /// in a tight loop (the edge keeps serving the last good table).
+    gap_backoff: Backoff,
 }
 
 /// Why one subscription ended.
@@ -68,6 +71,7 @@ impl Agent {
             next_grpc: 0,
             poll_until: None,
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+            gap_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
         }
     }
 
@@ -84,6 +88,7 @@ impl Agent {
                 Stop::Gap => {
                     self.metrics.resyncs.inc();
                     self.resync = true;
+                    tokio::time::sleep(self.gap_backoff.next_delay()).await;
                     continue;
                 }
                 Stop::Feed(e) => {
@@ -193,7 +198,9 @@ impl Agent {
             if transport == Transport::Grpc {
                 self.grpc_failures = 0;
             }
-            // Coalesce what has already arrived.
+            // Coalesce what has already arrived. A failure here still lets
+            // the events received so far be applied before reconnecting.
+            let mut failed = None;
             while batch.events.len() < MAX_EVENTS_PER_PUSH {
                 match feed.ready_more().await {
                     Ok(Some(more)) => {
@@ -201,7 +208,10 @@ impl Agent {
                         batch.events.extend(more.events);
                     }
                     Ok(None) => break,
-                    Err(e) => return Stop::Feed(e),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
             }
             self.metrics.saw_head(batch.head);
@@ -223,6 +233,9 @@ impl Agent {
                     );
                 }
                 self.commit(&working).await;
+                if self.resync {
+                    self.gap_backoff.reset();
+                }
                 self.resync = false;
                 resync_target = None;
                 if let Err(e) = feed
@@ -231,6 +244,9 @@ impl Agent {
                 {
                     tracing::warn!(error = %e, "could not report the applied cursor");
                 }
+            }
+            if let Some(e) = failed {
+                return Stop::Feed(e);
             }
         }
     }

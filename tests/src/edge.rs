@@ -74,6 +74,7 @@ pub struct Toml {
     pub admin: SocketAddr,
     limits: Vec<(String, String)>,
     policy: Vec<(String, String)>,
+    control: Option<(PathBuf, PathBuf)>,
     body: String,
 }
 
@@ -83,6 +84,7 @@ impl Toml {
             admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
             limits: Vec::new(),
             policy: Vec::new(),
+            control: None,
             body: String::new(),
         }
     }
@@ -96,6 +98,12 @@ impl Toml {
     /// A `[policy]` key, value as TOML.
     pub fn policy(mut self, key: &str, value: &str) -> Toml {
         self.policy.push((key.into(), value.into()));
+        self
+    }
+
+    /// `[control]`: the socket edge-agent pushes to and the state dir.
+    pub fn control(mut self, socket: &Path, state_dir: &Path) -> Toml {
+        self.control = Some((socket.to_owned(), state_dir.to_owned()));
         self
     }
 
@@ -145,6 +153,12 @@ impl Toml {
         let mut out = format!("[admin]\nlisten = \"{}\"\n\n[limits]\n", self.admin);
         for (k, v) in &self.limits {
             let _ = writeln!(out, "{k} = {v}");
+        }
+        if let Some((socket, state_dir)) = &self.control {
+            let _ = writeln!(
+                out,
+                "\n[control]\nsocket = {socket:?}\nstate_dir = {state_dir:?}"
+            );
         }
         out.push_str("\n[policy]\n");
         for (k, v) in &self.policy {

@@ -10,9 +10,11 @@
 //!   read /metrics and /routes, signal it by PID.
 //! - [`client`]: TLS clients that verify the backend's certificate through
 //!   the edge, and helpers for raw bytes.
+//! - [`agent`]: edge-agent as a process, its config and metrics.
 //! - [`ports`]: free ports and test addresses on `lo`.
 #![allow(missing_debug_implementations)]
 
+pub mod agent;
 pub mod backend;
 pub mod ca;
 pub mod client;

@@ -108,15 +108,19 @@ impl Source {
         self.apply_current().await
     }
 
-    /// A push from edge-agent: applied, then persisted, then answered.
+    /// A push from edge-agent: persisted, then applied, then answered. A
+    /// table that cannot be made durable is refused and not applied, so
+    /// what the edge serves is always what it would load after a restart.
     pub async fn push(&self, pushed: Pushed) -> Result<Applied, PersistError> {
         let mut state = self.state.lock().await;
-        let (version, errors) = self.app.apply(&state.config, &pushed.routing).await;
         if let Some(control) = &state.config.control {
             let path = control.state_dir.join(STATE_FILE);
             let bytes = serde_json::to_vec(&pushed).expect("a RoutingSpec always serialises");
-            durable::write_atomic(&path, &bytes).map_err(|source| PersistError { path, source })?;
+            let written = std::fs::create_dir_all(&control.state_dir)
+                .and_then(|()| durable::write_atomic(&path, &bytes));
+            written.map_err(|source| PersistError { path, source })?;
         }
+        let (version, errors) = self.app.apply(&state.config, &pushed.routing).await;
         state.pushed = Some(pushed);
         Ok(Applied { version, errors })
     }

@@ -11,6 +11,8 @@
 //! - [`client`]: TLS clients that verify the backend's certificate through
 //!   the edge, and helpers for raw bytes.
 //! - [`agent`]: edge-agent as a process, its config and metrics.
+//! - [`reference_feed`]: the control plane's event feed, in memory, on
+//!   gRPC and HTTP (docs/event-contract.md).
 //! - [`ports`]: free ports and test addresses on `lo`.
 #![allow(missing_debug_implementations)]
 
@@ -20,6 +22,7 @@ pub mod ca;
 pub mod client;
 pub mod edge;
 pub mod ports;
+pub mod reference_feed;
 
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);

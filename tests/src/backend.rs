@@ -100,6 +100,8 @@ async fn serve(
             continue;
         };
         accepted.fetch_add(1, Ordering::SeqCst);
+        // Small writes (the tag line) must not wait for a delayed ACK.
+        let _ = stream.set_nodelay(true);
         let (tag, mode, seen) = (tag.clone(), mode.clone(), seen.clone());
         tokio::spawn(async move {
             let _ = connection(stream, peer, &tag, mode, expect_proxy, &seen).await;

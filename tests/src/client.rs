@@ -20,6 +20,7 @@ pub async fn tls_connect(
     ca: &TestCa,
 ) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
     tls_over(tcp, sni, ca).await
 }
 

@@ -11,6 +11,7 @@ use edge_proto::feed::{
 use edge_proto::v1;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::{Feed, Server, Transport, PAGE};
@@ -100,6 +101,14 @@ async fn stream(
     }
 }
 
+/// Small stream messages must not wait for Nagle and a delayed ACK
+/// (a 40 ms stall per event otherwise).
+fn nodelay(stream: std::io::Result<tokio::net::TcpStream>) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = stream?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 fn to_proto(e: route_model::Event) -> v1::Event {
     v1::Event {
         event_id: e.event_id,
@@ -122,7 +131,7 @@ pub async fn serve_grpc(feed: Arc<Feed>, addr: SocketAddr) -> Server {
     let task = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming(TcpListenerStream::new(listener))
+            .serve_with_incoming(TcpListenerStream::new(listener).map(nodelay))
             .await;
     });
     Server { addr, task }

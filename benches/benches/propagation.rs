@@ -26,7 +26,11 @@ const BACKLOG_EVENTS: usize = 100_000;
 
 fn main() {
     release_binaries();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         propagation().await;
         backlog().await;
@@ -72,23 +76,51 @@ fn route(id: &str, host: &str, port: u16, backend_port: u16) -> serde_json::Valu
 
 async fn propagation() {
     let ca = TestCa::new();
-    let backend = Backend::start("[::1]:0".parse().unwrap(), "web", Mode::Tls(ca.server_config(&["*.example.com"])), false).await;
+    let backend = Backend::start(
+        "[::1]:0".parse().unwrap(),
+        "web",
+        Mode::Tls(ca.server_config(&["*.example.com"])),
+        false,
+    )
+    .await;
     let feed = Feed::new();
-    feed.append("env", ENV, "env.configured", json!({"id": ENV, "ipv6": ["::1"], "ipv4": null, "ports": []}));
-    let up = feed.append("instance", "i-1", "instance.up", json!({"env": ENV, "process_type": "web", "addr": "::1"}));
+    feed.append(
+        "env",
+        ENV,
+        "env.configured",
+        json!({"id": ENV, "ipv6": ["::1"], "ipv4": null, "ports": []}),
+    );
+    let up = feed.append(
+        "instance",
+        "i-1",
+        "instance.up",
+        json!({"env": ENV, "process_type": "web", "addr": "::1"}),
+    );
     let node = node(feed, free_port()).await;
-    assert!(node.feed.wait_applied(&[NODE], up, Duration::from_secs(30)).await);
+    assert!(
+        node.feed
+            .wait_applied(&[NODE], up, Duration::from_secs(30))
+            .await
+    );
     let addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, node.port));
     let mut samples = Vec::with_capacity(ROUTES);
     for i in 0..ROUTES {
         let host = format!("r{i}.example.com");
         let started = Instant::now();
-        node.feed.append("route", &format!("r-{i}"), "route.created", route(&format!("r-{i}"), &host, node.port, backend.addr.port()));
+        node.feed.append(
+            "route",
+            &format!("r-{i}"),
+            "route.created",
+            route(&format!("r-{i}"), &host, node.port, backend.addr.port()),
+        );
         loop {
             if who_answers(addr, &host, &ca).await.is_ok() {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "route {i} never served");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "route {i} never served"
+            );
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         samples.push(started.elapsed());
@@ -105,21 +137,40 @@ async fn propagation() {
 
 async fn backlog() {
     let feed = Feed::new();
-    feed.append("env", ENV, "env.configured", json!({"id": ENV, "ipv6": ["::1"], "ipv4": null, "ports": []}));
+    feed.append(
+        "env",
+        ENV,
+        "env.configured",
+        json!({"id": ENV, "ipv6": ["::1"], "ipv4": null, "ports": []}),
+    );
     let routes = BACKLOG_EVENTS / 5;
     let port = free_port();
     let mut last = 0;
     // 20,000 routes, each created then updated four times: 100,000 events.
     for round in 0..5 {
         for i in 0..routes {
-            let ty = if round == 0 { "route.created" } else { "route.updated" };
+            let ty = if round == 0 {
+                "route.created"
+            } else {
+                "route.updated"
+            };
             let id = format!("r-{i}");
-            last = feed.append("route", &id, ty, route(&id, &format!("r{i}.example.com"), port, 8000 + round));
+            last = feed.append(
+                "route",
+                &id,
+                ty,
+                route(&id, &format!("r{i}.example.com"), port, 8000 + round),
+            );
         }
     }
     let started = Instant::now();
     let node = node(feed, port).await;
-    assert!(node.feed.wait_applied(&[NODE], last, Duration::from_secs(300)).await, "backlog not applied");
+    assert!(
+        node.feed
+            .wait_applied(&[NODE], last, Duration::from_secs(300))
+            .await,
+        "backlog not applied"
+    );
     let took = started.elapsed();
     println!(
         "backlog: {} events ({routes} routes) fetched, materialised, pushed and ACKed in {:.2} s ({:.0} events/s), \

@@ -103,7 +103,9 @@ async fn stream(
 
 /// Small stream messages must not wait for Nagle and a delayed ACK
 /// (a 40 ms stall per event otherwise).
-fn nodelay(stream: std::io::Result<tokio::net::TcpStream>) -> std::io::Result<tokio::net::TcpStream> {
+fn nodelay(
+    stream: std::io::Result<tokio::net::TcpStream>,
+) -> std::io::Result<tokio::net::TcpStream> {
     let stream = stream?;
     stream.set_nodelay(true)?;
     Ok(stream)

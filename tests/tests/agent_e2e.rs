@@ -2,7 +2,6 @@
 //! a real TLS client. Each test builds its own feed, edge and agent.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -172,6 +171,16 @@ async fn a_created_route_serves_within_a_second_and_a_deleted_one_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_your_writes_the_wait_returns_once_a_client_can_connect() {
     let node = Node::start(true, false).await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&node.agent_toml.control_socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the control socket is private to the edge's user"
+    );
     let event = node.route("r-ryw", "ryw.example.com", 1, "route.created");
     assert!(
         node.feed
@@ -476,5 +485,4 @@ async fn polling_takes_over_when_grpc_keeps_failing() {
         event,
         "POST /applied reported the cursor"
     );
-    let _: Option<PathBuf> = None;
 }

@@ -109,6 +109,12 @@ impl Withdrawals {
 pub struct App {
     pub shared: Arc<Shared>,
     listeners: Mutex<HashMap<SocketAddr, JoinHandle<()>>>,
+    /// A duplicate of each listening socket, for handing over to a new
+    /// process at upgrade; closed with its listener.
+    listener_fds: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
+    /// Listening sockets received from the previous process, adopted
+    /// instead of binding when the table needs their pair.
+    inherited: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
     /// Serialises `apply` (SIGHUP and control pushes may race).
     applying: tokio::sync::Mutex<()>,
 }
@@ -135,6 +141,8 @@ impl App {
         Arc::new(App {
             shared,
             listeners: Mutex::new(HashMap::new()),
+            listener_fds: Mutex::new(HashMap::new()),
+            inherited: Mutex::new(HashMap::new()),
             applying: tokio::sync::Mutex::new(()),
         })
     }
@@ -183,28 +191,44 @@ impl App {
     fn sync_listeners(self: &Arc<Self>, table: &RouteTable) {
         let wanted: HashSet<SocketAddr> = table.listeners().map(|(a, _)| *a).collect();
         let mut running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fds = self.listener_fds.lock().unwrap_or_else(|p| p.into_inner());
         running.retain(|addr, task| {
             let keep = wanted.contains(addr);
             if !keep {
                 task.abort();
+                fds.remove(addr);
                 tracing::info!(%addr, "listener closed");
             }
             keep
         });
+        let mut inherited = self.inherited.lock().unwrap_or_else(|p| p.into_inner());
         let mut unbound = 0;
         for addr in wanted {
             if running.contains_key(&addr) {
                 continue;
             }
-            match listen::bind(addr, self.shared.limits.listen_backlog) {
-                Ok(listener) => {
-                    tracing::info!(%addr, "listener bound");
+            let (listener, how) = match inherited.remove(&addr) {
+                Some(l) => (Ok(l), "listener adopted from the previous process"),
+                None => (
+                    listen::bind(addr, self.shared.limits.listen_backlog),
+                    "listener bound",
+                ),
+            };
+            let ready = listener.and_then(|l| {
+                l.set_nonblocking(true)?;
+                let dup = l.try_clone()?;
+                Ok((tokio::net::TcpListener::from_std(l)?, dup))
+            });
+            match ready {
+                Ok((listener, dup)) => {
+                    tracing::info!(%addr, "{how}");
                     let task = tokio::spawn(listen::accept_loop(
                         listener,
                         addr,
                         Arc::clone(&self.shared),
                     ));
                     running.insert(addr, task);
+                    fds.insert(addr, dup);
                 }
                 Err(e) => {
                     unbound += 1;
@@ -214,6 +238,35 @@ impl App {
         }
         self.shared.unbound.store(unbound, Ordering::Release);
         self.shared.metrics.listeners_unbound.set(unbound as i64);
+    }
+
+    /// Listening sockets received from a previous process (upgrade).
+    pub fn inherit(&self, listeners: HashMap<SocketAddr, std::net::TcpListener>) {
+        *self.inherited.lock().unwrap_or_else(|p| p.into_inner()) = listeners;
+    }
+
+    /// Duplicates of every live listening socket, for an upgrade handoff.
+    pub fn listener_dups(&self) -> std::io::Result<Vec<(SocketAddr, std::net::TcpListener)>> {
+        let fds = self.listener_fds.lock().unwrap_or_else(|p| p.into_inner());
+        fds.iter().map(|(a, l)| Ok((*a, l.try_clone()?))).collect()
+    }
+
+    /// Stops accepting (closing this process's listening sockets) without
+    /// waiting; open connections go on. Used after an upgrade handoff.
+    pub fn stop_accepting(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+        for (_, task) in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            task.abort();
+        }
+        self.listener_fds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Retries listeners that failed to bind, until shutdown.
@@ -265,6 +318,14 @@ impl App {
             for (_, task) in running.drain() {
                 task.abort();
             }
+            self.listener_fds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            self.inherited
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
         }
         let deadline = tokio::time::Instant::now() + self.shared.limits.drain_timeout;
         loop {

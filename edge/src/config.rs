@@ -37,10 +37,20 @@ pub enum ConfigError {
 pub struct Config {
     pub admin: AdminConfig,
     pub control: Option<ControlConfig>,
+    pub upgrade: Option<UpgradeConfig>,
     pub limits: Limits,
     pub policy: PortPolicy,
     pub overlay: Overlay,
     pub routing: RoutingSpec,
+}
+
+/// `[upgrade]`: where a new edge process takes the listening sockets over
+/// from the running one (docs/operations.md, "Upgrading").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeConfig {
+    /// Unix socket (mode 0600) the running edge hands its listeners over on.
+    pub socket: PathBuf,
 }
 
 /// `[admin]`.
@@ -134,6 +144,7 @@ impl Config {
         Ok(Config {
             admin: raw.admin,
             control: raw.control,
+            upgrade: raw.upgrade,
             limits,
             policy: raw.policy,
             overlay: Overlay {
@@ -158,6 +169,7 @@ struct RawConfig {
     #[serde(default)]
     admin: AdminConfig,
     control: Option<ControlConfig>,
+    upgrade: Option<UpgradeConfig>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]

@@ -26,6 +26,14 @@ const MAX_PUSH_BYTES: usize = 1 << 30;
 
 /// Binds the control socket with mode 0600.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    let listener = bind_private(path)?;
+    listener.set_nonblocking(true)?;
+    UnixListener::from_std(listener)
+}
+
+/// Binds a Unix socket that only this user can connect to: bound under a
+/// temporary name, chmodded to 0600, then renamed into place.
+pub fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -33,7 +41,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     tmp.push(format!(".{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp)?;
+    let listener = std::os::unix::net::UnixListener::bind(&tmp)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
     std::fs::rename(&tmp, path)?;
     Ok(listener)

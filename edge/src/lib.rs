@@ -18,7 +18,9 @@
 //! - [`admin`]: /metrics, /healthz, /readyz, /routes.
 //! - [`metrics`]: every Prometheus family, registered once.
 //! - [`check`]: `edge check`'s listener table.
-#![forbid(unsafe_code)]
+// One audited exception: `upgrade::owned` takes ownership of a descriptor
+// received with SCM_RIGHTS.
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod app;
@@ -31,8 +33,10 @@ pub mod forward;
 pub mod limits;
 pub mod listen;
 pub mod metrics;
+pub mod notify;
 pub mod peek;
 pub mod proxy_v2;
 pub mod reject;
 pub mod run;
 pub mod source;
+pub mod upgrade;

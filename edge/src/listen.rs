@@ -26,8 +26,8 @@ use crate::reject::Reject;
 /// short enough that connections resume promptly once fds are freed.
 pub const FD_EXHAUSTED_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Binds and listens on `addr`.
-pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+/// Binds and listens on `addr` (non-blocking, ready for tokio).
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking(),
@@ -42,7 +42,7 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     }
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Accepts on `listener` (bound to `addr`) until the task is aborted.

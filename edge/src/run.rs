@@ -15,7 +15,9 @@ use crate::admin;
 use crate::app::App;
 use crate::config::{Config, Limits};
 use crate::control;
+use crate::notify;
 use crate::source::Source;
+use crate::upgrade;
 
 /// File descriptors kept back from connections: listeners, the admin
 /// server, logs, the control socket and headroom for accept bursts.
@@ -33,6 +35,11 @@ pub enum StartError {
     },
     #[error("signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("upgrade.socket {path}: {source}")]
+    Upgrade {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("control.socket {path}: {source}")]
     Control {
         path: PathBuf,
@@ -40,18 +47,34 @@ pub enum StartError {
     },
 }
 
-/// Runs until SIGTERM/SIGINT and the drain that follows.
+/// Runs until SIGTERM/SIGINT (or an upgrade handoff) and the drain that
+/// follows.
 pub async fn run(path: PathBuf, mut config: Config) -> Result<(), StartError> {
     fit_to_fd_limit(&mut config.limits);
     let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
-    let admin_listener = TcpListener::bind(config.admin.listen)
-        .await
-        .map_err(|source| StartError::Admin {
-            addr: config.admin.listen,
+    let mut usr2 = signal(SignalKind::user_defined2()).map_err(StartError::Signals)?;
+
+    // A running edge on the upgrade socket hands its listeners over.
+    let handoff = match &config.upgrade {
+        Some(u) => upgrade::take_over(&u.socket).map_err(|source| StartError::Upgrade {
+            path: u.socket.clone(),
             source,
-        })?;
+        })?,
+        None => None,
+    };
+    let admin_err = |source| StartError::Admin {
+        addr: config.admin.listen,
+        source,
+    };
+    let admin_std = match handoff.as_ref().and_then(|h| h.admin.as_ref()) {
+        Some(l) => l.try_clone().map_err(admin_err)?,
+        None => std::net::TcpListener::bind(config.admin.listen).map_err(admin_err)?,
+    };
+    admin_std.set_nonblocking(true).map_err(admin_err)?;
+    let admin_dup = admin_std.try_clone().map_err(admin_err)?;
+    let admin_listener = TcpListener::from_std(admin_std).map_err(admin_err)?;
 
     let control_listener = match &config.control {
         Some(c) => Some(
@@ -64,21 +87,62 @@ pub async fn run(path: PathBuf, mut config: Config) -> Result<(), StartError> {
     };
 
     let app = App::new(&config);
+    if let Some(h) = &handoff {
+        tracing::info!(
+            listeners = h.listeners.len(),
+            "upgrade: took over listeners from the running edge"
+        );
+    }
+    let handoff = handoff.map(|mut h| {
+        app.inherit(std::mem::take(&mut h.listeners));
+        h
+    });
     let source = Arc::new(Source::new(Arc::clone(&app), config.clone()));
     source.apply_current().await;
     let control_task =
         control_listener.map(|l| tokio::spawn(control::serve(l, Arc::clone(&source))));
     let admin_task = tokio::spawn(admin::serve(admin_listener, Arc::clone(&app.shared)));
     let retry_task = tokio::spawn(Arc::clone(&app).retry_binds());
-    tracing::info!(admin = %config.admin.listen, version = env!("CARGO_PKG_VERSION"), "edge started");
-
-    loop {
-        tokio::select! {
-            _ = hup.recv() => reload(&app, &source, &path, &config).await,
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+    if let Some(h) = handoff {
+        if let Err(e) = h.ready() {
+            tracing::error!(error = %e, "upgrade: could not tell the previous edge to stop");
         }
     }
+    let (handed_over_tx, mut handed_over) = tokio::sync::oneshot::channel::<()>();
+    if let Some(u) = &config.upgrade {
+        match upgrade::bind(&u.socket) {
+            Ok(listener) => {
+                let app = Arc::clone(&app);
+                tokio::task::spawn_blocking(move || {
+                    upgrade::serve(listener, || {
+                        let mut sockets: Vec<(String, std::net::TcpListener)> = app
+                            .listener_dups()?
+                            .into_iter()
+                            .map(|(a, l)| (a.to_string(), l))
+                            .collect();
+                        sockets.push((upgrade::admin_name(), admin_dup.try_clone()?));
+                        Ok(sockets)
+                    });
+                    let _ = handed_over_tx.send(());
+                });
+            }
+            Err(e) => {
+                tracing::error!(path = %u.socket.display(), error = %e, "upgrade socket unavailable; upgrades need a restart")
+            }
+        }
+    }
+    notify::ready();
+    tracing::info!(admin = %config.admin.listen, pid = std::process::id(), version = env!("CARGO_PKG_VERSION"), "edge started");
+
+    let handed_over = loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&app, &source, &path, &config).await,
+            _ = usr2.recv() => upgrade::spawn_successor(),
+            _ = &mut handed_over => break true,
+            _ = term.recv() => break false,
+            _ = int.recv() => break false,
+        }
+    };
     tracing::info!(
         open = app.shared.admission.open(),
         "draining: listeners closed"
@@ -87,7 +151,10 @@ pub async fn run(path: PathBuf, mut config: Config) -> Result<(), StartError> {
     if let Some(task) = control_task {
         task.abort();
     }
-    if let Some(c) = &config.control {
+    if handed_over {
+        // The new process serves admin, control and upgrade from here on.
+        admin_task.abort();
+    } else if let Some(c) = &config.control {
         let _ = std::fs::remove_file(&c.socket);
     }
     let left = app.drain().await;

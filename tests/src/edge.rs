@@ -75,6 +75,7 @@ pub struct Toml {
     limits: Vec<(String, String)>,
     policy: Vec<(String, String)>,
     control: Option<(PathBuf, PathBuf)>,
+    upgrade: Option<PathBuf>,
     body: String,
 }
 
@@ -85,6 +86,7 @@ impl Toml {
             limits: Vec::new(),
             policy: Vec::new(),
             control: None,
+            upgrade: None,
             body: String::new(),
         }
     }
@@ -104,6 +106,12 @@ impl Toml {
     /// `[control]`: the socket edge-agent pushes to and the state dir.
     pub fn control(mut self, socket: &Path, state_dir: &Path) -> Toml {
         self.control = Some((socket.to_owned(), state_dir.to_owned()));
+        self
+    }
+
+    /// `[upgrade]`: the socket a new edge takes the listeners over on.
+    pub fn upgrade(mut self, socket: &Path) -> Toml {
+        self.upgrade = Some(socket.to_owned());
         self
     }
 
@@ -159,6 +167,9 @@ impl Toml {
                 out,
                 "\n[control]\nsocket = {socket:?}\nstate_dir = {state_dir:?}"
             );
+        }
+        if let Some(socket) = &self.upgrade {
+            let _ = writeln!(out, "\n[upgrade]\nsocket = {socket:?}");
         }
         out.push_str("\n[policy]\n");
         for (k, v) in &self.policy {

@@ -1,0 +1,221 @@
+//! Zero-downtime upgrade: a new edge process takes the listening sockets
+//! over from the running one while a client opens connections at a steady
+//! rate and a few long tunnels stay open. Nothing may fail: no refused or
+//! reset connect, no broken tunnel. Then the same through SIGUSR2 (what the
+//! systemd unit's ExecReload sends): the process starts its own successor.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edge_tests::backend::{Backend, Mode};
+use edge_tests::ca::TestCa;
+use edge_tests::client::{read_line, tls_connect, who_answers};
+use edge_tests::edge::{Edge, Route, Toml};
+use edge_tests::ports::free_port;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ENV: &str = "acme/shop/prod";
+
+/// Opens a verified TLS connection every 5 ms until stopped; counts.
+struct Load {
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, ca: Arc<TestCa>) -> Load {
+        let (ok, failed, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (o, f, s) = (ok.clone(), failed.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::SeqCst) {
+                match who_answers(addr, "shop.example.com", &ca).await {
+                    Ok(tag) if tag == "web" => o.fetch_add(1, Ordering::SeqCst),
+                    other => {
+                        eprintln!("connection failed during upgrade: {other:?}");
+                        f.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        Load {
+            ok,
+            failed,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        (
+            self.ok.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+        )
+    }
+}
+
+async fn echo(tunnel: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, text: &[u8]) {
+    tunnel.write_all(text).await.unwrap();
+    let mut back = vec![0u8; text.len()];
+    tunnel.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, text);
+}
+
+async fn wait_for_log(edge: &Edge, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !edge.log().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not logged:\n{}",
+            edge.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_takes_over_without_a_failed_connect_or_a_broken_tunnel() {
+    let ca = Arc::new(TestCa::new());
+    let backend = Backend::start(
+        "[::1]:0".parse().unwrap(),
+        "web",
+        Mode::Tls(ca.server_config(&["shop.example.com"])),
+        false,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let toml = Toml::new()
+        .upgrade(&dir.path().join("upgrade.sock"))
+        .limit("drain_timeout_ms", 60_000)
+        .policy("ipv6_extra_ports", &format!("[{port}]"))
+        .env(ENV, &["::1"], None, &[])
+        .instance("i-1", ENV, "web", "::1")
+        .route(Route::tls(
+            "r-shop",
+            ENV,
+            "shop.example.com",
+            port,
+            backend.addr.port(),
+        ));
+    let mut old = Edge::start(&toml).await;
+    let addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+
+    let mut tunnels = Vec::new();
+    for _ in 0..3 {
+        let mut t = tls_connect(addr, "shop.example.com", &ca).await.unwrap();
+        assert_eq!(read_line(&mut t).await.unwrap(), "web");
+        tunnels.push(t);
+    }
+    let load = Load::start(addr, ca.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The new process: same config, takes the sockets over.
+    let new = Edge::spawn(&toml, &[]);
+    wait_for_log(&new, "took over listeners").await;
+    wait_for_log(&old, "the new edge is ready").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        old.wait_exit(Duration::ZERO).await.is_none(),
+        "the old process drains its tunnels"
+    );
+    for (i, t) in tunnels.iter_mut().enumerate() {
+        echo(t, format!("tunnel {i} after the upgrade").as_bytes()).await;
+    }
+    let (ok, failed) = load.stop().await;
+    eprintln!("upgrade: {ok} connections succeeded, {failed} failed, 3 long tunnels kept");
+    assert_eq!(failed, 0);
+    assert!(ok >= 50, "the load kept running: {ok}");
+
+    // Closing the tunnels lets the old process finish its drain and exit 0.
+    for t in &mut tunnels {
+        t.shutdown().await.unwrap();
+    }
+    let status = old
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("old edge exits once drained");
+    assert!(status.success());
+    assert_eq!(
+        who_answers(addr, "shop.example.com", &ca).await.unwrap(),
+        "web"
+    );
+    assert_eq!(
+        new.get("/healthz").await.0,
+        200,
+        "the admin listener moved too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_starts_a_successor_that_takes_over() {
+    let ca = Arc::new(TestCa::new());
+    let backend = Backend::start(
+        "[::1]:0".parse().unwrap(),
+        "web",
+        Mode::Tls(ca.server_config(&["shop.example.com"])),
+        false,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let toml = Toml::new()
+        .upgrade(&dir.path().join("upgrade.sock"))
+        .policy("ipv6_extra_ports", &format!("[{port}]"))
+        .env(ENV, &["::1"], None, &[])
+        .instance("i-1", ENV, "web", "::1")
+        .route(Route::tls(
+            "r-shop",
+            ENV,
+            "shop.example.com",
+            port,
+            backend.addr.port(),
+        ));
+    let mut edge = Edge::start(&toml).await;
+    let addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    let load = Load::start(addr, ca.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    edge.signal("USR2");
+    let status = edge
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("the old process exits after the handoff");
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failed) = load.stop().await;
+    eprintln!("SIGUSR2 upgrade: {ok} connections succeeded, {failed} failed");
+    // The successor logs to the same file: find its PID to stop it.
+    let log = edge.log();
+    let successor: u32 = log
+        .lines()
+        .filter(|l| l.contains("edge started"))
+        .filter_map(|l| {
+            l.split("pid=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .find(|pid| *pid != edge.pid())
+        .unwrap_or_else(|| panic!("no successor in the log:\n{log}"));
+    let served = who_answers(addr, "shop.example.com", &ca).await;
+    let _ = Command::new("kill")
+        .args(["-s", "KILL", &successor.to_string()])
+        .status();
+    assert_eq!(failed, 0);
+    assert!(ok > 10, "{ok}");
+    assert_eq!(served.unwrap(), "web", "the successor serves");
+}

@@ -78,6 +78,7 @@ fn main() -> ExitCode {
         let metrics = Metrics::new();
         tokio::spawn(metrics::serve(listener, metrics.clone()));
         tracing::info!(node_id = %config.node_id, cursor = state.cursor(), metrics = %config.metrics_listen, "edge-agent started");
+        notify_ready();
         let agent = Agent::new(config, metrics, store, state);
         tokio::select! {
             _ = agent.run() => {}
@@ -113,5 +114,25 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// systemd `Type=notify`: ready once the state is loaded and /metrics is
+/// bound; `WATCHDOG=1` at half of `WatchdogSec` if the unit sets one.
+fn notify_ready() {
+    use sd_notify::NotifyState;
+    if let Err(e) = sd_notify::notify(false, &[NotifyState::Ready]) {
+        tracing::warn!(error = %e, "sd_notify READY failed");
+    }
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        let period = std::time::Duration::from_micros(usec / 2);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+            }
+        });
     }
 }

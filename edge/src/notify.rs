@@ -14,8 +14,7 @@ pub fn ready() {
     if let Err(e) = sd_notify::notify(false, &[NotifyState::MainPid(pid), NotifyState::Ready]) {
         tracing::warn!(error = %e, "sd_notify READY failed");
     }
-    let mut usec = 0;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+    if let Some(usec) = watchdog_usec() {
         let period = Duration::from_micros(usec / 2);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
@@ -25,4 +24,20 @@ pub fn ready() {
             }
         });
     }
+}
+
+/// `WATCHDOG_USEC` when the watchdog is meant for this process: systemd's
+/// `WATCHDOG_PID` is unset, ours, or our parent's (a successor started by
+/// an upgrade inherits the environment of the process it replaces, and
+/// becomes the main PID when it reports ready).
+fn watchdog_usec() -> Option<u64> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let for_us = match std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        None => true,
+        Some(pid) => pid == std::process::id() || pid == std::os::unix::process::parent_id(),
+    };
+    (for_us && usec > 0).then_some(usec)
 }

@@ -224,6 +224,11 @@ impl Edge {
 
     /// Starts the edge without waiting; `extra_args` go before `--config`.
     pub fn spawn(toml: &Toml, extra_args: &[&str]) -> Edge {
+        Edge::spawn_env(toml, extra_args, &[])
+    }
+
+    /// As [`Edge::spawn`], with extra environment variables.
+    pub fn spawn_env(toml: &Toml, extra_args: &[&str], envs: &[(&str, &str)]) -> Edge {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("edge.toml");
         std::fs::write(&config, toml.render()).expect("write edge.toml");
@@ -233,6 +238,7 @@ impl Edge {
             .arg("--config")
             .arg(&config)
             .env("EDGE_LOG", "info")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

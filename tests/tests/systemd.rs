@@ -1,0 +1,60 @@
+//! `Type=notify`: the edge tells systemd `READY=1` (with its `MAINPID`)
+//! once its listeners are bound, and pings `WATCHDOG=1` when the unit sets
+//! `WatchdogSec`. A Unix datagram socket stands in for systemd.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use edge_tests::edge::{Edge, Route, Toml};
+use edge_tests::ports::free_port;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_notifies_ready_with_its_pid_and_feeds_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&socket_path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let port = free_port();
+    let toml = Toml::new()
+        .policy("ipv6_extra_ports", &format!("[{port}]"))
+        .env("acme/shop/prod", &["::1"], None, &[])
+        .instance("i-1", "acme/shop/prod", "web", "::1")
+        .route(Route::tls(
+            "r-1",
+            "acme/shop/prod",
+            "shop.example.com",
+            port,
+            9,
+        ));
+    let notify = socket_path.to_str().unwrap();
+    let edge = Edge::spawn_env(
+        &toml,
+        &[],
+        &[("NOTIFY_SOCKET", notify), ("WATCHDOG_USEC", "200000")],
+    );
+
+    let mut buf = [0u8; 512];
+    let n = systemd.recv(&mut buf).unwrap();
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.contains("READY=1"), "{ready}");
+    assert!(
+        ready.contains(&format!("MAINPID={}", edge.pid())),
+        "{ready}"
+    );
+    // READY comes after the listeners are bound.
+    tokio::net::TcpStream::connect(("::1", port))
+        .await
+        .expect("listening when READY=1 arrives");
+
+    let started = Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_millis(600) {
+        let n = systemd.recv(&mut buf).unwrap();
+        if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 3, "WATCHDOG=1 every 100 ms: got {pings}");
+}

@@ -145,7 +145,7 @@ async fn connection(
 /// Reads exactly one PROXY v2 header (16 fixed bytes, then its length) and
 /// parses it with `ppp`. Anything else is an error that drops the
 /// connection, so a test sees it as a failed exchange.
-async fn read_proxy_v2(
+pub async fn read_proxy_v2(
     stream: &mut TcpStream,
 ) -> std::io::Result<((SocketAddr, SocketAddr), Option<String>)> {
     let mut fixed = [0u8; 16];

@@ -1,7 +1,10 @@
 //! Moving bytes both ways through an established tunnel.
 //!
-//! Each direction is a read/write loop over one fixed buffer allocated when
-//! the tunnel is set up (no allocation per read). EOF from one side is
+//! Each direction waits for its socket to be readable and only then takes a
+//! buffer from a per-thread pool, reads, writes everything out, and gives
+//! the buffer back: an idle tunnel holds no user-space buffer (thousands of
+//! idle tunnels cost kernel socket memory only), and a busy one reuses
+//! pooled buffers, so there is no allocation per read. EOF from one side is
 //! passed on as a half-close (`shutdown(SHUT_WR)`) and the other direction
 //! keeps running; the tunnel ends when both directions have ended, when one
 //! side fails (reset), when neither side has sent a byte for
@@ -12,12 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Bytes moved per read: one TLS record plus headroom, so a full record
-/// moves in one read/write pair; 2 x 16 KiB per tunnel.
+/// moves in one read/write pair. Held only while bytes are in flight.
 pub const BUFFER_BYTES: usize = 16 * 1024 + 512;
 
 /// How a tunnel ended.
@@ -61,16 +65,16 @@ pub async fn tunnel(
     withdrawn: impl std::future::Future<Output = ()>,
 ) -> Ended {
     let last_activity = Activity::new();
-    let (mut client_read, mut client_write) = client.split();
-    let (mut backend_read, mut backend_write) = backend.split();
+    let (client_read, mut client_write) = client.split();
+    let (backend_read, mut backend_write) = backend.split();
     let upstream = pump(
-        &mut client_read,
+        &client_read,
         &mut backend_write,
         &counters.to_backend,
         &last_activity,
     );
     let downstream = pump(
-        &mut backend_read,
+        &backend_read,
         &mut client_write,
         &counters.to_client,
         &last_activity,
@@ -87,27 +91,63 @@ pub async fn tunnel(
 }
 
 /// Copies `from` to `to` until EOF, then half-closes `to`.
-async fn pump<R, W>(
-    from: &mut R,
-    to: &mut W,
+async fn pump(
+    from: &ReadHalf<'_>,
+    to: &mut WriteHalf<'_>,
     counter: &IntCounter,
     last_activity: &Activity,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUFFER_BYTES].into_boxed_slice();
+) -> io::Result<()> {
     loop {
-        let n = from.read(&mut buf).await?;
+        from.readable().await?;
+        let mut buf = pool::take();
+        let n = match from.try_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                pool::give(buf);
+                continue; // a spurious wake-up
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
+            pool::give(buf);
             // Half-close; the peer may already be gone, which is fine.
             let _ = to.shutdown().await;
             return Ok(());
         }
-        to.write_all(&buf[..n]).await?;
+        let written = to.write_all(&buf[..n]).await;
+        pool::give(buf);
+        written?;
         counter.inc_by(n as u64);
         last_activity.touch();
+    }
+}
+
+/// Copy buffers, pooled per worker thread. A task may take a buffer on one
+/// thread and give it back on another; pools stay bounded either way.
+mod pool {
+    use std::cell::RefCell;
+
+    use super::BUFFER_BYTES;
+
+    /// Buffers kept per thread for reuse; more are freed.
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> Box<[u8]> {
+        FREE.with(|f| f.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0u8; BUFFER_BYTES].into_boxed_slice())
+    }
+
+    pub fn give(buf: Box<[u8]>) {
+        FREE.with(|f| {
+            let mut f = f.borrow_mut();
+            if f.len() < KEEP {
+                f.push(buf);
+            }
+        });
     }
 }
 

@@ -27,10 +27,12 @@ use crate::route::Route;
 pub struct TableRoute {
     pub route: Route,
     /// Healthy instances of the route's env and `backend_process_type`, in
-    /// instance-id order. Dial `[addr]:route.backend_port`.
-    pub backends: Vec<Ipv6Addr>,
-    /// Every `(IP, port)` this route is bound to, sorted.
-    pub served_on: Vec<SocketAddr>,
+    /// instance-id order. Dial `[addr]:route.backend_port`. Shared by every
+    /// route of that env and process type.
+    pub backends: Arc<[Ipv6Addr]>,
+    /// Every `(IP, port)` this route is bound to, sorted. Shared by every
+    /// route of that env and port.
+    pub served_on: Arc<[SocketAddr]>,
 }
 
 /// What is bound to one `(IP, port)`.
@@ -138,8 +140,10 @@ impl RouteTable {
                 std::mem::size_of::<TableRoute>()
                     + r.route.id.len()
                     + r.route.hostname.to_string().len()
-                    + r.backends.capacity() * std::mem::size_of::<Ipv6Addr>()
-                    + r.served_on.capacity() * std::mem::size_of::<SocketAddr>()
+                    + r.backends.len() * std::mem::size_of::<Ipv6Addr>()
+                        / Arc::strong_count(&r.backends).max(1)
+                    + r.served_on.len() * std::mem::size_of::<SocketAddr>()
+                        / Arc::strong_count(&r.served_on).max(1)
             })
             .sum();
         let listeners: usize = self

@@ -7,7 +7,11 @@
 //! already placed keeps its hostname and its `(IP, port)`; a newcomer that
 //! collides is rejected and named, and the rest still load. No I/O.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+// Compile-time indexes hash ids and hostnames a million times for a big
+// table: aHash instead of SipHash.
+use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -51,6 +55,8 @@ pub fn compile(
 
     let mut placer = Placer::default();
     let mut seen_ids = HashSet::new();
+    let no_backends: Arc<[Ipv6Addr]> = Arc::from(Vec::new());
+    let mut served: HashMap<(EnvId, u16), Arc<[SocketAddr]>> = HashMap::new();
     for route_spec in &spec.routes {
         let placed = Route::from_spec(route_spec).and_then(|route| {
             if !seen_ids.insert(route.id.clone()) {
@@ -62,9 +68,16 @@ pub fn compile(
                 route: route_spec.id.clone(),
                 env: route_spec.env.clone(),
             })?;
-            let addrs = addresses(&route, env, policy)?;
+            let addrs = served
+                .entry((route.env.clone(), route.listen_port))
+                .or_insert_with(|| addresses(env, route.listen_port, policy).into())
+                .clone();
+            check_addresses(&route, env, &addrs)?;
             let key = (route.env.clone(), route.backend_process_type.clone());
-            let route_backends = backends.get(&key).cloned().unwrap_or_default();
+            let route_backends = backends
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| no_backends.clone());
             placer.place(route, addrs, route_backends)
         });
         if let Err(e) = placed {
@@ -108,7 +121,7 @@ fn backends(
     spec: &RoutingSpec,
     overlay: &OverlayPolicy,
     errors: &mut Vec<SpecError>,
-) -> HashMap<BackendKey, Vec<Ipv6Addr>> {
+) -> HashMap<BackendKey, Arc<[Ipv6Addr]>> {
     let mut ids = HashSet::with_capacity(spec.instances.len());
     let mut healthy: BTreeMap<BackendKey, Vec<(Arc<str>, Ipv6Addr)>> = BTreeMap::new();
     for inst_spec in &spec.instances {
@@ -136,15 +149,9 @@ fn backends(
         .collect()
 }
 
-/// Where policy lets `route` be served among its env's addresses.
-fn addresses(route: &Route, env: &Env, policy: &PortPolicy) -> Result<Vec<SocketAddr>, RouteError> {
-    if route.ipv4_required && env.ipv4.is_none() {
-        return Err(RouteError::Ipv4Required {
-            route: route.id.to_string(),
-            env: env.id.to_string(),
-        });
-    }
-    let port = route.listen_port;
+/// Where policy lets a route on `port` be served among `env`'s addresses,
+/// sorted (computed once per env and port).
+fn addresses(env: &Env, port: u16, policy: &PortPolicy) -> Vec<SocketAddr> {
     let mut addrs: Vec<SocketAddr> = Vec::with_capacity(env.ipv6.len() + 1);
     if policy.allows_ipv6(port) {
         addrs.extend(
@@ -156,15 +163,26 @@ fn addresses(route: &Route, env: &Env, policy: &PortPolicy) -> Result<Vec<Socket
     if let (Some(ip), true) = (env.ipv4, policy.allows_ipv4(env, port)) {
         addrs.push(SocketAddr::new(IpAddr::V4(ip), port));
     }
+    addrs.sort();
+    addrs
+}
+
+/// The route-specific checks on where it would be served.
+fn check_addresses(route: &Route, env: &Env, addrs: &[SocketAddr]) -> Result<(), RouteError> {
+    if route.ipv4_required && env.ipv4.is_none() {
+        return Err(RouteError::Ipv4Required {
+            route: route.id.to_string(),
+            env: env.id.to_string(),
+        });
+    }
     if addrs.is_empty() {
         return Err(RouteError::PortNotAllowed {
             route: route.id.to_string(),
             env: env.id.to_string(),
-            port,
+            port: route.listen_port,
         });
     }
-    addrs.sort();
-    Ok(addrs)
+    Ok(())
 }
 
 /// Accumulates routes onto listeners, rejecting collisions.
@@ -180,8 +198,8 @@ impl Placer {
     fn place(
         &mut self,
         route: Route,
-        served_on: Vec<SocketAddr>,
-        backends: Vec<Ipv6Addr>,
+        served_on: Arc<[SocketAddr]>,
+        backends: Arc<[Ipv6Addr]>,
     ) -> Result<(), RouteError> {
         if let Some((owner_env, owner)) = self.owners.get(&route.hostname) {
             if *owner_env != route.env {
@@ -193,11 +211,11 @@ impl Placer {
                 });
             }
         }
-        for addr in &served_on {
+        for addr in served_on.iter() {
             self.check_free(&route, *addr)?;
         }
         let index = u32::try_from(self.routes.len()).expect("fewer than 2^32 routes");
-        for addr in &served_on {
+        for addr in served_on.iter() {
             match route.protocol {
                 Protocol::TcpRaw => {
                     self.listeners.insert(*addr, Listener::Raw(index));

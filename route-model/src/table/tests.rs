@@ -162,7 +162,7 @@ fn routes_are_served_on_every_env_address_policy_allows() {
     );
     let web = &c.table.routes()[0];
     assert_eq!(
-        web.backends,
+        *web.backends,
         [
             "fdaa::2".parse::<std::net::Ipv6Addr>().unwrap(),
             "fdaa::3".parse().unwrap()

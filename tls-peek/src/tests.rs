@@ -7,6 +7,7 @@ pub(crate) const CHROMIUM_PQ: &[u8] = include_bytes!("../testdata/chromium-pq.bi
 pub(crate) const CURL: &[u8] = include_bytes!("../testdata/curl-openssl3.bin");
 pub(crate) const OPENSSL_NOSNI: &[u8] = include_bytes!("../testdata/openssl-s_client-nosni.bin");
 pub(crate) const OPENSSL_TLS12: &[u8] = include_bytes!("../testdata/openssl-s_client-tls12.bin");
+pub(crate) const RUSTLS: &[u8] = include_bytes!("../testdata/rustls-0.23.bin");
 
 const MAX: usize = 16_384;
 
@@ -126,7 +127,7 @@ fn captures_give_their_sni_and_alpn() {
 
 #[test]
 fn every_prefix_of_every_capture_is_incomplete_and_byte_at_a_time_agrees() {
-    for capture in [CHROMIUM_PQ, CURL, OPENSSL_NOSNI, OPENSSL_TLS12] {
+    for capture in [CHROMIUM_PQ, CURL, OPENSSL_NOSNI, OPENSSL_TLS12, RUSTLS] {
         for end in 0..capture.len() {
             assert_eq!(
                 one_shot(&capture[..end], MAX),

@@ -13,6 +13,7 @@
 //! - [`agent`]: edge-agent as a process, its config and metrics.
 //! - [`reference_feed`]: the control plane's event feed, in memory, on
 //!   gRPC and HTTP (docs/event-contract.md).
+//! - [`site`]: the one-env, one-route fixture most tests start from.
 //! - [`ports`]: free ports and test addresses on `lo`.
 #![allow(missing_debug_implementations)]
 
@@ -23,6 +24,7 @@ pub mod client;
 pub mod edge;
 pub mod ports;
 pub mod reference_feed;
+pub mod site;
 
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -5,39 +5,19 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use edge_tests::backend::{Backend, Mode};
+use edge_tests::backend::Backend;
 use edge_tests::ca::TestCa;
 use edge_tests::captures;
 use edge_tests::client::{closed_within, who_answers, Closed};
-use edge_tests::edge::{Edge, Route, Toml};
-use edge_tests::ports::free_port;
+use edge_tests::edge::{Edge, Toml};
+use edge_tests::site::Shop;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-const ENV: &str = "acme/shop/prod";
-
 async fn site(toml: Toml) -> (TestCa, u16, Edge, Backend) {
-    let ca = TestCa::new();
-    let backend = Backend::start(
-        "[::1]:0".parse().unwrap(),
-        "web",
-        Mode::Tls(ca.server_config(&["shop.example.com"])),
-        false,
-    )
-    .await;
-    let port = free_port();
-    let toml = toml
-        .policy("ipv6_extra_ports", &format!("[{port}]"))
-        .env(ENV, &["::1"], Some("127.0.0.1"), &[port])
-        .instance("i-1", ENV, "web", "::1")
-        .route(Route::tls(
-            "r-shop",
-            ENV,
-            "shop.example.com",
-            port,
-            backend.addr.port(),
-        ));
-    let edge = Edge::start(&toml).await;
+    let shop = Shop::new().await;
+    let edge = Edge::start(&shop.toml(toml, true)).await;
+    let Shop { ca, backend, port } = shop;
     (ca, port, edge, backend)
 }
 

@@ -8,40 +8,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edge_tests::backend::{Backend, Mode};
-use edge_tests::ca::TestCa;
 use edge_tests::captures;
 use edge_tests::client::{closed_within, read_line, send_raw, tls_over, who_answers, Closed};
-use edge_tests::edge::{edge_bin, get, metric_value, Edge, Route, Toml};
-use edge_tests::ports::{free_port, LoAddr};
+use edge_tests::edge::{edge_bin, get, metric_value, Edge, Toml};
+use edge_tests::ports::LoAddr;
+use edge_tests::site::{Shop, HOST};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
-
-const ENV: &str = "acme/shop/prod";
-
-fn site(toml: Toml, port: u16, backend: &Backend, ipv6: &str, ipv4: Option<&str>) -> Toml {
-    let ports = if ipv4.is_some() { vec![port] } else { vec![] };
-    toml.policy("ipv6_extra_ports", &format!("[{port}]"))
-        .env(ENV, &[ipv6], ipv4, &ports)
-        .instance("i-1", ENV, "web", "::1")
-        .route(Route::tls(
-            "r-shop",
-            ENV,
-            "shop.example.com",
-            port,
-            backend.addr.port(),
-        ))
-}
-
-async fn tls_backend(ca: &TestCa) -> Backend {
-    Backend::start(
-        "[::1]:0".parse().unwrap(),
-        "web",
-        Mode::Tls(ca.server_config(&["shop.example.com"])),
-        false,
-    )
-    .await
-}
 
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
@@ -79,19 +52,15 @@ async fn stalled_from(source: IpAddr, to: SocketAddr) -> TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_stalled_hellos_cost_bounded_memory_and_close_at_the_timeout() {
-    let ca = TestCa::new();
-    let backend = tls_backend(&ca).await;
-    let port = free_port();
+    let shop = Shop::new().await;
+    let (ca, port) = (&shop.ca, shop.port);
     let toml = Toml::new()
         .limit("client_hello_timeout_ms", 4000)
         .limit("max_connections_per_source", 100_000);
-    let edge = Edge::start(&site(toml, port, &backend, "::1", None)).await;
+    let edge = Edge::start(&shop.toml(toml, false)).await;
     let addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
     // Warm up the runtime's threads and pools before the baseline.
-    assert_eq!(
-        who_answers(addr, "shop.example.com", &ca).await.unwrap(),
-        "web"
-    );
+    assert_eq!(who_answers(addr, HOST, ca).await.unwrap(), "web");
     let before = rss_kib(edge.pid());
     let mut stalls = Vec::with_capacity(5000);
     for i in 0..5000 {
@@ -115,10 +84,7 @@ async fn five_thousand_stalled_hellos_cost_bounded_memory_and_close_at_the_timeo
         "stalled hellos: RSS {before} KiB -> {during} KiB with 5,000 open: {per_conn:.1} KiB each"
     );
     // A good client is served while they hang.
-    assert_eq!(
-        who_answers(addr, "shop.example.com", &ca).await.unwrap(),
-        "web"
-    );
+    assert_eq!(who_answers(addr, HOST, ca).await.unwrap(), "web");
     for s in &mut stalls {
         assert_eq!(
             closed_within(s, Duration::from_secs(15)).await,
@@ -141,11 +107,10 @@ async fn addresses_in_one_ipv6_slash_64_and_one_ipv4_share_a_budget() {
     let a1 = LoAddr::add("fd00:e3::1");
     let a2 = LoAddr::add("fd00:e3::2");
     let other = LoAddr::add("fd00:e4::1");
-    let ca = TestCa::new();
-    let backend = tls_backend(&ca).await;
-    let port = free_port();
+    let shop = Shop::new().await;
+    let (ca, port) = (&shop.ca, shop.port);
     let toml = Toml::new().limit("max_connections_per_source", 4);
-    let edge = Edge::start(&site(toml, port, &backend, "::1", Some("127.0.0.1"))).await;
+    let edge = Edge::start(&shop.toml(toml, true)).await;
     let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
     let mut held = Vec::new();
     for source in [a1.addr, a1.addr, a2.addr, a2.addr] {
@@ -167,7 +132,7 @@ async fn addresses_in_one_ipv6_slash_64_and_one_ipv4_share_a_budget() {
     );
     // Another /64 has its own budget.
     let tcp = connect_from(IpAddr::V6(other.addr), v6).await.unwrap();
-    let mut tls = tls_over(tcp, "shop.example.com", &ca).await.unwrap();
+    let mut tls = tls_over(tcp, HOST, ca).await.unwrap();
     assert_eq!(read_line(&mut tls).await.unwrap(), "web");
 
     // IPv4: per address (/32).
@@ -193,16 +158,15 @@ async fn addresses_in_one_ipv6_slash_64_and_one_ipv4_share_a_budget() {
     let tcp = connect_from("127.0.0.2".parse().unwrap(), v4)
         .await
         .unwrap();
-    let mut tls = tls_over(tcp, "shop.example.com", &ca).await.unwrap();
+    let mut tls = tls_over(tcp, HOST, ca).await.unwrap();
     assert_eq!(read_line(&mut tls).await.unwrap(), "web");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptor_exhaustion_neither_spins_nor_kills_the_accept_loop() {
-    let ca = TestCa::new();
-    let backend = tls_backend(&ca).await;
-    let port = free_port();
-    let toml = site(Toml::new(), port, &backend, "::1", None);
+    let shop = Shop::new().await;
+    let (ca, port) = (&shop.ca, shop.port);
+    let toml = shop.toml(Toml::new(), false);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("edge.toml");
     std::fs::write(&config, toml.render()).unwrap();
@@ -245,7 +209,7 @@ async fn descriptor_exhaustion_neither_spins_nor_kills_the_accept_loop() {
     // Recovered: a real client is served and the exhaustion was counted.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(tag) = who_answers(addr, "shop.example.com", &ca).await {
+        if let Ok(tag) = who_answers(addr, HOST, ca).await {
             assert_eq!(tag, "web");
             break;
         }
@@ -266,11 +230,9 @@ async fn descriptor_exhaustion_neither_spins_nor_kills_the_accept_loop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_rejections_is_counted_in_full_and_logged_at_a_bounded_rate() {
-    let ca = TestCa::new();
-    let backend = tls_backend(&ca).await;
-    let port = free_port();
-    let edge = Edge::start(&site(Toml::new(), port, &backend, "::1", None)).await;
-    let addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    let shop = Shop::new().await;
+    let edge = Edge::start(&shop.toml(Toml::new(), false)).await;
+    let addr = shop.v6();
     for _ in 0..2000 {
         assert_eq!(
             send_raw(addr, b"GET / HTTP/1.1\r\n\r\n").await,

@@ -4,44 +4,24 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use edge_tests::backend::{Backend, Mode};
+use edge_tests::backend::Backend;
 use edge_tests::ca::TestCa;
 use edge_tests::client::{read_line, tls_connect};
 use edge_tests::edge::{Edge, Route, Toml};
-use edge_tests::ports::free_port;
+use edge_tests::site::{Shop, ENV};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ENV: &str = "acme/shop/prod";
-
 async fn site(toml: Toml) -> (TestCa, u16, Edge, Backend) {
-    let ca = TestCa::new();
-    let backend = Backend::start(
-        "[::1]:0".parse().unwrap(),
-        "web",
-        Mode::Tls(ca.server_config(&["shop.example.com"])),
-        false,
-    )
-    .await;
-    let port = free_port();
-    let toml = toml
-        .policy("ipv6_extra_ports", &format!("[{port}]"))
-        .env(ENV, &["::1"], None, &[])
-        .instance("i-1", ENV, "web", "::1")
-        .route(Route::tls(
-            "r-shop",
-            ENV,
-            "shop.example.com",
-            port,
-            backend.addr.port(),
-        ))
-        .route(Route::tls(
-            "r-wild",
-            ENV,
-            "*.example.com",
-            port,
-            backend.addr.port(),
-        ));
-    let edge = Edge::start(&toml).await;
+    let shop = Shop::new().await;
+    let wild = Route::tls(
+        "r-wild",
+        ENV,
+        "*.example.com",
+        shop.port,
+        shop.backend.addr.port(),
+    );
+    let edge = Edge::start(&shop.toml(toml, false).route(wild)).await;
+    let Shop { ca, backend, port } = shop;
     (ca, port, edge, backend)
 }
 

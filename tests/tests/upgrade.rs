@@ -10,14 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_tests::backend::{Backend, Mode};
-use edge_tests::ca::TestCa;
 use edge_tests::client::{read_line, tls_connect, who_answers};
-use edge_tests::edge::{Edge, Route, Toml};
-use edge_tests::ports::free_port;
+use edge_tests::edge::{Edge, Toml};
+use edge_tests::site::{Shop, HOST};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const ENV: &str = "acme/shop/prod";
 
 /// Opens a verified TLS connection every 5 ms until stopped; counts.
 struct Load {
@@ -28,7 +24,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(addr: SocketAddr, ca: Arc<TestCa>) -> Load {
+    fn start(addr: SocketAddr, shop: Arc<Shop>) -> Load {
         let (ok, failed, stop) = (
             Arc::new(AtomicUsize::new(0)),
             Arc::new(AtomicUsize::new(0)),
@@ -37,7 +33,7 @@ impl Load {
         let (o, f, s) = (ok.clone(), failed.clone(), stop.clone());
         let task = tokio::spawn(async move {
             while !s.load(Ordering::SeqCst) {
-                match who_answers(addr, "shop.example.com", &ca).await {
+                match who_answers(addr, HOST, &shop.ca).await {
                     Ok(tag) if tag == "web" => o.fetch_add(1, Ordering::SeqCst),
                     other => {
                         eprintln!("connection failed during upgrade: {other:?}");
@@ -86,39 +82,22 @@ async fn wait_for_log(edge: &Edge, needle: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_process_takes_over_without_a_failed_connect_or_a_broken_tunnel() {
-    let ca = Arc::new(TestCa::new());
-    let backend = Backend::start(
-        "[::1]:0".parse().unwrap(),
-        "web",
-        Mode::Tls(ca.server_config(&["shop.example.com"])),
-        false,
-    )
-    .await;
+    let shop = Arc::new(Shop::new().await);
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let toml = Toml::new()
+    let base = Toml::new()
         .upgrade(&dir.path().join("upgrade.sock"))
-        .limit("drain_timeout_ms", 60_000)
-        .policy("ipv6_extra_ports", &format!("[{port}]"))
-        .env(ENV, &["::1"], None, &[])
-        .instance("i-1", ENV, "web", "::1")
-        .route(Route::tls(
-            "r-shop",
-            ENV,
-            "shop.example.com",
-            port,
-            backend.addr.port(),
-        ));
+        .limit("drain_timeout_ms", 60_000);
+    let toml = shop.toml(base, false);
     let mut old = Edge::start(&toml).await;
-    let addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    let (addr, ca) = (shop.v6(), &shop.ca);
 
     let mut tunnels = Vec::new();
     for _ in 0..3 {
-        let mut t = tls_connect(addr, "shop.example.com", &ca).await.unwrap();
+        let mut t = tls_connect(addr, HOST, ca).await.unwrap();
         assert_eq!(read_line(&mut t).await.unwrap(), "web");
         tunnels.push(t);
     }
-    let load = Load::start(addr, ca.clone());
+    let load = Load::start(addr, shop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The new process: same config, takes the sockets over.
@@ -147,10 +126,7 @@ async fn a_new_process_takes_over_without_a_failed_connect_or_a_broken_tunnel() 
         .await
         .expect("old edge exits once drained");
     assert!(status.success());
-    assert_eq!(
-        who_answers(addr, "shop.example.com", &ca).await.unwrap(),
-        "web"
-    );
+    assert_eq!(who_answers(addr, HOST, ca).await.unwrap(), "web");
     assert_eq!(
         new.get("/healthz").await.0,
         200,
@@ -160,31 +136,12 @@ async fn a_new_process_takes_over_without_a_failed_connect_or_a_broken_tunnel() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr2_starts_a_successor_that_takes_over() {
-    let ca = Arc::new(TestCa::new());
-    let backend = Backend::start(
-        "[::1]:0".parse().unwrap(),
-        "web",
-        Mode::Tls(ca.server_config(&["shop.example.com"])),
-        false,
-    )
-    .await;
+    let shop = Arc::new(Shop::new().await);
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let toml = Toml::new()
-        .upgrade(&dir.path().join("upgrade.sock"))
-        .policy("ipv6_extra_ports", &format!("[{port}]"))
-        .env(ENV, &["::1"], None, &[])
-        .instance("i-1", ENV, "web", "::1")
-        .route(Route::tls(
-            "r-shop",
-            ENV,
-            "shop.example.com",
-            port,
-            backend.addr.port(),
-        ));
+    let toml = shop.toml(Toml::new().upgrade(&dir.path().join("upgrade.sock")), false);
     let mut edge = Edge::start(&toml).await;
-    let addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
-    let load = Load::start(addr, ca.clone());
+    let (addr, ca) = (shop.v6(), &shop.ca);
+    let load = Load::start(addr, shop.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     edge.signal("USR2");
@@ -211,7 +168,7 @@ async fn sigusr2_starts_a_successor_that_takes_over() {
         })
         .find(|pid| *pid != edge.pid())
         .unwrap_or_else(|| panic!("no successor in the log:\n{log}"));
-    let served = who_answers(addr, "shop.example.com", &ca).await;
+    let served = who_answers(addr, HOST, ca).await;
     let _ = Command::new("kill")
         .args(["-s", "KILL", &successor.to_string()])
         .status();

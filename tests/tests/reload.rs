@@ -10,6 +10,7 @@ use edge_tests::ca::TestCa;
 use edge_tests::client::{read_line, tls_connect, who_answers};
 use edge_tests::edge::{Edge, Route, Toml};
 use edge_tests::ports::free_port;
+use edge_tests::site::Shop;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ENV: &str = "acme/shop/prod";
@@ -108,26 +109,9 @@ async fn sighup_adds_and_removes_routes_without_touching_open_tunnels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_file_on_sighup_keeps_the_running_table() {
-    let ca = TestCa::new();
-    let backend = Backend::start(
-        v6(0),
-        "web",
-        Mode::Tls(ca.server_config(&["shop.example.com"])),
-        false,
-    )
-    .await;
-    let port = free_port();
-    let toml = Toml::new()
-        .policy("ipv6_extra_ports", &format!("[{port}]"))
-        .env(ENV, &["::1"], None, &[])
-        .instance("i-1", ENV, "web", "::1")
-        .route(Route::tls(
-            "r-shop",
-            ENV,
-            "shop.example.com",
-            port,
-            backend.addr.port(),
-        ));
+    let shop = Shop::new().await;
+    let (ca, port) = (&shop.ca, shop.port);
+    let toml = shop.toml(Toml::new(), false);
     let edge = Edge::start(&toml).await;
     let version = edge.version().await;
     std::fs::write(
@@ -150,9 +134,7 @@ async fn a_broken_file_on_sighup_keeps_the_running_table() {
     }
     assert_eq!(edge.version().await, version);
     assert_eq!(
-        who_answers(v6(port), "shop.example.com", &ca)
-            .await
-            .unwrap(),
+        who_answers(v6(port), "shop.example.com", ca).await.unwrap(),
         "web"
     );
     assert!(

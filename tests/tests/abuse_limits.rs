@@ -55,7 +55,7 @@ async fn five_thousand_stalled_hellos_cost_bounded_memory_and_close_at_the_timeo
     let shop = Shop::new().await;
     let (ca, port) = (&shop.ca, shop.port);
     let toml = Toml::new()
-        .limit("client_hello_timeout_ms", 4000)
+        .limit("client_hello_timeout_ms", 8000)
         .limit("max_connections_per_source", 100_000);
     let edge = Edge::start(&shop.toml(toml, false)).await;
     let addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));

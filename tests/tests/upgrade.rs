@@ -115,7 +115,7 @@ async fn a_new_process_takes_over_without_a_failed_connect_or_a_broken_tunnel() 
     let (ok, failed) = load.stop().await;
     eprintln!("upgrade: {ok} connections succeeded, {failed} failed, 3 long tunnels kept");
     assert_eq!(failed, 0);
-    assert!(ok >= 50, "the load kept running: {ok}");
+    assert!(ok >= 20, "the load kept running: {ok}");
 
     // Closing the tunnels lets the old process finish its drain and exit 0.
     for t in &mut tunnels {

@@ -163,13 +163,15 @@ impl App {
             tracing::warn!(version, error = %e, "config object rejected");
         }
         let errors = compiled.errors.clone();
+        // Listeners first, then the table: once a version is visible (on
+        // /routes, /readyz, to a pushing agent), its listeners are bound.
+        self.sync_listeners(&compiled.table);
         shared.live.store(Arc::new(Live {
             table: compiled.table,
             overlay: config.overlay.clone(),
             errors: compiled.errors,
         }));
         let live = shared.live.load_full();
-        self.sync_listeners(&live.table);
         self.withdraw_deleted(&old.table, &live.table);
 
         let m = &shared.metrics;

@@ -50,6 +50,8 @@ pub enum StartError {
 /// Runs until SIGTERM/SIGINT (or an upgrade handoff) and the drain that
 /// follows.
 pub async fn run(path: PathBuf, mut config: Config) -> Result<(), StartError> {
+    // As written, for telling a reload what changed; `config` is capped.
+    let configured = config.clone();
     fit_to_fd_limit(&mut config.limits);
     let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
@@ -136,7 +138,7 @@ pub async fn run(path: PathBuf, mut config: Config) -> Result<(), StartError> {
 
     let handed_over = loop {
         tokio::select! {
-            _ = hup.recv() => reload(&app, &source, &path, &config).await,
+            _ = hup.recv() => reload(&app, &source, &path, &configured).await,
             _ = usr2.recv() => upgrade::spawn_successor(),
             _ = &mut handed_over => break true,
             _ = term.recv() => break false,

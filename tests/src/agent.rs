@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::edge::{get, metric_value};
+use crate::edge::{built_binary, get, metric_value};
 use crate::ports::free_port;
 
 /// Where the agent finds its feed and its edge.
@@ -49,23 +49,9 @@ impl AgentToml {
     }
 }
 
-/// The `edge-agent` binary, beside the test executable.
+/// The `edge-agent` binary: `$EDGE_AGENT_BIN`, or the one beside the test.
 pub fn agent_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("EDGE_AGENT_BIN") {
-        return path.into();
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("edge-agent");
-    assert!(
-        bin.exists(),
-        "{} not built: run `cargo test --workspace`",
-        bin.display()
-    );
-    bin
+    built_binary("EDGE_AGENT_BIN", "edge-agent")
 }
 
 /// A running agent, killed by PID when dropped.

@@ -189,19 +189,24 @@ impl Default for Toml {
 
 /// The `edge` binary: `$EDGE_BIN`, or the one cargo built beside this test.
 pub fn edge_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("EDGE_BIN") {
+    built_binary("EDGE_BIN", "edge")
+}
+
+/// `$env_var`, or binary `name` of this workspace as cargo built it beside
+/// the running test (`target/<profile>/deps/<test>` -> `target/<profile>/<name>`).
+pub fn built_binary(env_var: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
         return path.into();
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/edge
     let bin = exe
         .parent()
         .and_then(Path::parent)
         .expect("target dir")
-        .join("edge");
+        .join(name);
     assert!(
         bin.exists(),
-        "{} not built: run `cargo test --workspace` (or `cargo build -p edge`) first",
+        "{} not built: run `cargo test --workspace` first",
         bin.display()
     );
     bin

@@ -1,6 +1,7 @@
 //! Envs (`org/app/env`) and the public addresses their routes are served on.
 //! No I/O.
 
+use std::borrow::Borrow;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -34,6 +35,14 @@ impl EnvId {
     }
 
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Lets a set of ids be probed with a `&str` (the compile shares one
+/// `EnvId` among all the routes of an env). Hashes like `str`.
+impl Borrow<str> for EnvId {
+    fn borrow(&self) -> &str {
         &self.0
     }
 }

@@ -124,36 +124,10 @@ impl RouteTable {
         match self.listeners.get(addr) {
             None => Decision::Reject(RejectReason::NoListener),
             Some(Listener::Raw(i)) => Decision::Forward(self.route(*i)),
-            Some(Listener::Tls(map)) => match map.lookup(sni) {
+            Some(Listener::Tls(map)) => match map.lookup(&self.routes, sni) {
                 Ok(i) => Decision::Forward(self.route(i)),
                 Err(reason) => Decision::Reject(reason),
             },
         }
-    }
-
-    /// Approximate heap bytes held by the table (for the per-route benchmark).
-    pub fn heap_bytes(&self) -> usize {
-        let routes: usize = self
-            .routes
-            .iter()
-            .map(|r| {
-                std::mem::size_of::<TableRoute>()
-                    + r.route.id.len()
-                    + r.route.hostname.to_string().len()
-                    + r.backends.len() * std::mem::size_of::<Ipv6Addr>()
-                        / Arc::strong_count(&r.backends).max(1)
-                    + r.served_on.len() * std::mem::size_of::<SocketAddr>()
-                        / Arc::strong_count(&r.served_on).max(1)
-            })
-            .sum();
-        let listeners: usize = self
-            .listeners
-            .values()
-            .map(|l| match l {
-                Listener::Raw(_) => 0,
-                Listener::Tls(m) => m.heap_bytes(),
-            })
-            .sum();
-        routes + self.routes.capacity() * std::mem::size_of::<Arc<TableRoute>>() + listeners
     }
 }

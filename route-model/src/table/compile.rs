@@ -6,22 +6,30 @@
 //! the order in which the control plane created the routes): a route
 //! already placed keeps its hostname and its `(IP, port)`; a newcomer that
 //! collides is rejected and named, and the rest still load. No I/O.
+//!
+//! A million-route compile is bound by allocations and cache misses, so the
+//! indexes it keeps while placing (ids seen, hostname owners) are
+//! `HashTable<u32>`s of indices sized up front, hashed and compared through
+//! the strings the spec and the routes already hold, and each hostname is
+//! hashed once: its hash serves the owners index and the SNI maps, which
+//! grow without reading the routes again.
 
 use std::collections::BTreeMap;
 
 // Compile-time indexes hash ids and hostnames a million times for a big
 // table: aHash instead of SipHash.
-use ahash::{AHashMap as HashMap, AHashSet as HashSet};
+use ahash::{AHashMap as HashMap, AHashSet as HashSet, RandomState};
+use hashbrown::hash_table::{Entry, HashTable};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use super::{Listener, RouteTable, SniMap, TableRoute};
+use super::sni_map::{self, SniMap};
+use super::{Listener, RouteTable, TableRoute};
 use crate::env::{Env, EnvId};
 use crate::error::{EnvError, InstanceError, RouteError, SpecError};
 use crate::instance::Instance;
-use crate::name::HostPattern;
 use crate::policy::{OverlayPolicy, PortPolicy};
-use crate::route::{Protocol, Route};
+use crate::route::{Interner, Protocol, Route};
 use crate::spec::RoutingSpec;
 
 /// The outcome of [`compile`]: the table of everything that validated, and
@@ -53,16 +61,32 @@ pub fn compile(
     let envs = envs(spec, &mut errors);
     let backends = backends(spec, overlay, &mut errors);
 
-    let mut placer = Placer::default();
-    let mut seen_ids = HashSet::new();
+    let state = RandomState::new();
+    let mut placer = Placer::new(spec.routes.len(), state.clone());
+    let mut interner = Interner::default();
+    // Ids claimed so far, as indices into `spec.routes`. A route rejected
+    // later (unknown env, conflict) still claims its id.
+    let mut ids: HashTable<u32> = HashTable::with_capacity(spec.routes.len());
+    let id_hash = |i: &u32| state.hash_one(spec.routes[*i as usize].id.as_str());
     let no_backends: Arc<[Ipv6Addr]> = Arc::from(Vec::new());
     let mut served: HashMap<(EnvId, u16), Arc<[SocketAddr]>> = HashMap::new();
-    for route_spec in &spec.routes {
-        let placed = Route::from_spec(route_spec).and_then(|route| {
-            if !seen_ids.insert(route.id.clone()) {
-                return Err(RouteError::Duplicate {
-                    route: route_spec.id.clone(),
-                });
+    for (i, route_spec) in spec.routes.iter().enumerate() {
+        let i = u32::try_from(i).expect("fewer than 2^32 routes");
+        let placed = Route::from_spec_in(route_spec, &mut interner).and_then(|route| {
+            let claimed = ids.entry(
+                id_hash(&i),
+                |j| spec.routes[*j as usize].id == route_spec.id,
+                id_hash,
+            );
+            match claimed {
+                Entry::Occupied(_) => {
+                    return Err(RouteError::Duplicate {
+                        route: route_spec.id.clone(),
+                    })
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(i);
+                }
             }
             let env = envs.get(&route.env).ok_or_else(|| RouteError::UnknownEnv {
                 route: route_spec.id.clone(),
@@ -84,6 +108,7 @@ pub fn compile(
             errors.push(SpecError::Route(e));
         }
     }
+    placer.routes.shrink_to_fit();
     Compiled {
         table: RouteTable {
             version,
@@ -186,35 +211,57 @@ fn check_addresses(route: &Route, env: &Env, addrs: &[SocketAddr]) -> Result<(),
 }
 
 /// Accumulates routes onto listeners, rejecting collisions.
-#[derive(Default)]
 struct Placer {
+    /// Hashes every hostname key, here and in every [`SniMap`].
+    state: RandomState,
     routes: Vec<Arc<TableRoute>>,
+    /// The hash of each placed route's hostname key (`sni_map::key`).
+    hashes: Vec<u64>,
     listeners: BTreeMap<SocketAddr, Listener>,
-    /// Which env (and first route) owns each hostname pattern.
-    owners: HashMap<HostPattern, (EnvId, Arc<str>)>,
+    /// The first placed route of each hostname pattern: the env that owns it.
+    owners: HashTable<u32>,
 }
 
 impl Placer {
+    fn new(routes: usize, state: RandomState) -> Self {
+        Placer {
+            state,
+            routes: Vec::with_capacity(routes),
+            hashes: Vec::with_capacity(routes),
+            listeners: BTreeMap::new(),
+            owners: HashTable::with_capacity(routes),
+        }
+    }
+
     fn place(
         &mut self,
         route: Route,
         served_on: Arc<[SocketAddr]>,
         backends: Arc<[Ipv6Addr]>,
     ) -> Result<(), RouteError> {
-        if let Some((owner_env, owner)) = self.owners.get(&route.hostname) {
-            if *owner_env != route.env {
+        let hash = sni_map::hash(&self.state, sni_map::key(&route.hostname));
+        let routes = &self.routes;
+        let owner = self
+            .owners
+            .find(hash, |&j| {
+                routes[j as usize].route.hostname == route.hostname
+            })
+            .copied();
+        if let Some(owner) = owner.map(|j| &routes[j as usize].route) {
+            if owner.env != route.env {
                 return Err(RouteError::HostnameInTwoEnvs {
                     route: route.id.to_string(),
                     hostname: route.hostname.to_string(),
-                    owner: owner.to_string(),
-                    owner_env: owner_env.to_string(),
+                    owner: owner.id.to_string(),
+                    owner_env: owner.env.to_string(),
                 });
             }
         }
         for addr in served_on.iter() {
-            self.check_free(&route, *addr)?;
+            self.check_free(&route, hash, *addr)?;
         }
         let index = u32::try_from(self.routes.len()).expect("fewer than 2^32 routes");
+        self.hashes.push(hash);
         for addr in served_on.iter() {
             match route.protocol {
                 Protocol::TcpRaw => {
@@ -224,17 +271,18 @@ impl Placer {
                     let entry = self
                         .listeners
                         .entry(*addr)
-                        .or_insert_with(|| Listener::Tls(SniMap::default()));
+                        .or_insert_with(|| Listener::Tls(SniMap::new(self.state.clone())));
                     if let Listener::Tls(map) = entry {
-                        let inserted = map.insert(&route.hostname, index);
-                        debug_assert!(inserted.is_ok(), "check_free ran first");
+                        map.insert(&route.hostname, index, &self.hashes);
                     }
                 }
             }
         }
-        self.owners
-            .entry(route.hostname.clone())
-            .or_insert_with(|| (route.env.clone(), route.id.clone()));
+        if owner.is_none() {
+            let hashes = &self.hashes;
+            self.owners
+                .insert_unique(hash, index, |&j| hashes[j as usize]);
+        }
         self.routes.push(Arc::new(TableRoute {
             route,
             backends,
@@ -243,8 +291,9 @@ impl Placer {
         Ok(())
     }
 
-    /// Err if `route` may not join what is already bound to `addr`.
-    fn check_free(&self, route: &Route, addr: SocketAddr) -> Result<(), RouteError> {
+    /// Err if `route` (its hostname key hashing to `hash`) may not join
+    /// what is already bound to `addr`.
+    fn check_free(&self, route: &Route, hash: u64, addr: SocketAddr) -> Result<(), RouteError> {
         let id = || route.id.to_string();
         let other_id = |i: u32| self.routes[i as usize].route.id.to_string();
         match (self.listeners.get(&addr), route.protocol) {
@@ -269,7 +318,7 @@ impl Placer {
                 addr,
             }),
             (Some(Listener::Tls(map)), Protocol::TlsPassthrough) => {
-                match map.contains(&route.hostname) {
+                match map.contains(&self.routes, &route.hostname, hash) {
                     Some(other) => Err(RouteError::SameHostname {
                         route: id(),
                         hostname: route.hostname.to_string(),

@@ -365,3 +365,125 @@ fn compiling_is_deterministic() {
     ];
     assert_eq!(build(&routes), build(&routes));
 }
+
+/// Enough routes on one listener to grow the SNI maps (which rehash from
+/// the compile's stored hashes) several times; every name must still be
+/// found, through the route's own hostname.
+#[test]
+fn thousands_of_routes_on_one_listener_are_all_found() {
+    let routes: Vec<String> = (0..3000)
+        .map(|i| {
+            let host = if i % 2 == 0 {
+                format!("app{i}.example.com")
+            } else {
+                format!("*.t{i}.example.com")
+            };
+            route(
+                &format!("r-{i}"),
+                "acme/shop/prod",
+                &host,
+                443,
+                "tls_passthrough",
+            )
+        })
+        .collect();
+    let c = build(&routes);
+    assert!(c.errors.is_empty(), "{:?}", c.errors);
+    let at = "[2001:db8::10]:443";
+    for i in 0..3000 {
+        let sni = if i % 2 == 0 {
+            format!("APP{i}.example.com.")
+        } else {
+            format!("www.t{i}.example.com")
+        };
+        let want = format!("r-{i}");
+        assert_eq!(forwarded(&c.table, at, Some(&sni)).as_deref(), Some(&*want));
+    }
+    assert_eq!(forwarded(&c.table, at, Some("app1.example.com")), None);
+    assert_eq!(forwarded(&c.table, at, Some("t1.example.com")), None);
+    let strings: Vec<_> = c.table.routes().iter().map(|r| &r.route).collect();
+    assert!(strings.windows(2).all(|w| Arc::ptr_eq(
+        &w[0].backend_process_type,
+        &w[1].backend_process_type
+    ) && w[0].env.as_str() == w[1].env.as_str()));
+}
+
+#[test]
+fn an_id_stays_claimed_by_a_rejected_route() {
+    let c = build(&[
+        route(
+            "r-1",
+            "acme/none/prod",
+            "a.example.com",
+            443,
+            "tls_passthrough",
+        ),
+        route(
+            "r-1",
+            "acme/shop/prod",
+            "b.example.com",
+            443,
+            "tls_passthrough",
+        ),
+    ]);
+    let kinds: Vec<_> = c.route_errors().map(|e| e.kind()).collect();
+    assert_eq!(kinds, ["unknown_env", "bad_id"]);
+    assert!(c.table.routes().is_empty());
+}
+
+#[test]
+fn one_hostname_on_two_ports_and_a_name_beside_its_wildcard() {
+    let c = build(&[
+        route(
+            "r-1",
+            "acme/shop/prod",
+            "example.com",
+            443,
+            "tls_passthrough",
+        ),
+        route(
+            "r-2",
+            "acme/shop/prod",
+            "example.com",
+            80,
+            "tls_passthrough",
+        ),
+        // Same key as the exact name, another pattern: a different owner.
+        route(
+            "r-3",
+            "acme/blog/prod",
+            "*.example.com",
+            443,
+            "tls_passthrough",
+        ),
+        route(
+            "r-4",
+            "acme/shop/prod",
+            "*.example.com",
+            443,
+            "tls_passthrough",
+        ),
+    ]);
+    let err = route_error(&c);
+    assert!(
+        matches!(err, RouteError::HostnameInTwoEnvs { route, owner, .. } if route == "r-4" && owner == "r-3"),
+        "{err}"
+    );
+    let t = &c.table;
+    assert_eq!(
+        forwarded(t, "[2001:db8::10]:443", Some("example.com")).as_deref(),
+        Some("r-1")
+    );
+    assert_eq!(
+        forwarded(t, "[2001:db8::10]:80", Some("example.com")).as_deref(),
+        Some("r-2")
+    );
+    assert_eq!(
+        forwarded(t, "[2001:db8::20]:443", Some("a.example.com")).as_deref(),
+        Some("r-3")
+    );
+    assert_eq!(
+        forwarded(t, "[2001:db8::10]:443", Some("a.example.com")),
+        None
+    );
+}

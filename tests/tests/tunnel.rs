@@ -1,6 +1,8 @@
 //! What an established tunnel owes its users: every byte, in order, both
 //! ways, and half-closes passed through (a client that shuts down its
-//! write side still gets the backend's answer).
+//! write side still gets the backend's answer). Each test runs twice: with
+//! `splice(2)` forwarding (the default) and with the user-space copy, and
+//! checks which of the two carried the bytes.
 
 use std::net::SocketAddr;
 
@@ -25,7 +27,7 @@ struct Site {
     _raw: Backend,
 }
 
-async fn site() -> Site {
+async fn site(splice: bool) -> Site {
     let ca = TestCa::new();
     let tls = Backend::start(
         "[::1]:0".parse().unwrap(),
@@ -47,7 +49,8 @@ async fn site() -> Site {
             tls_port,
             tls.addr.port(),
         ))
-        .route(Route::raw("r-raw", ENV, raw_port, raw.addr.port()));
+        .route(Route::raw("r-raw", ENV, raw_port, raw.addr.port()))
+        .splice(splice);
     let edge = Edge::start(&toml).await;
     Site {
         ca,
@@ -64,8 +67,17 @@ fn v6(port: u16) -> SocketAddr {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn half_close_passes_through_raw_and_tls_tunnels() {
-    let site = site().await;
+async fn half_close_passes_through_spliced_tunnels() {
+    half_close_passes_through_raw_and_tls_tunnels(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_passes_through_copied_tunnels() {
+    half_close_passes_through_raw_and_tls_tunnels(false).await;
+}
+
+async fn half_close_passes_through_raw_and_tls_tunnels(splice: bool) {
+    let site = site(splice).await;
     // Raw TCP: our FIN reaches the backend, which then answers and closes.
     let mut raw = TcpStream::connect(v6(site.raw_port)).await.unwrap();
     raw.write_all(b"ping").await.unwrap();
@@ -84,6 +96,18 @@ async fn half_close_passes_through_raw_and_tls_tunnels() {
     let mut got = String::new();
     tls.read_to_string(&mut got).await.unwrap();
     assert_eq!(got, "pingbye\n");
+    assert_spliced(&site, splice).await;
+}
+
+/// Splice mode moved every established-tunnel byte through a pipe; copy
+/// mode none.
+async fn assert_spliced(site: &Site, splice: bool) {
+    let spliced = site.edge.metric("edge_bytes_spliced_total", &[]).await;
+    if splice {
+        assert!(spliced > 0.0, "splice mode spliced nothing");
+    } else {
+        assert_eq!(spliced, 0.0, "copy mode spliced bytes");
+    }
 }
 
 /// A deterministic pseudo-random stream (xorshift), so no two chunks match
@@ -142,8 +166,17 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_hundred_megabytes_each_way_arrive_intact() {
-    let site = site().await;
+async fn one_hundred_megabytes_each_way_arrive_intact_spliced() {
+    one_hundred_megabytes_each_way_arrive_intact(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hundred_megabytes_each_way_arrive_intact_copied() {
+    one_hundred_megabytes_each_way_arrive_intact(false).await;
+}
+
+async fn one_hundred_megabytes_each_way_arrive_intact(splice: bool) {
+    let site = site(splice).await;
     let total = 100 * MB;
     let mut expected = Sha256::new();
     let chunk = pattern(MB);
@@ -158,7 +191,10 @@ async fn one_hundred_megabytes_each_way_arrive_intact() {
     let (hash, received) = echo_through(raw, total).await;
     // Informational only (never asserted): the benches measure speed.
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("raw echo: {:.0} MB/s each way", total as f64 / secs / 1e6);
+    eprintln!(
+        "raw echo (splice {splice}): {:.0} MB/s each way",
+        total as f64 / secs / 1e6
+    );
     assert_eq!(received, total + 4);
     assert_eq!(hash, expected, "raw tunnel");
 
@@ -174,4 +210,11 @@ async fn one_hundred_megabytes_each_way_arrive_intact() {
         .metric("edge_bytes_total", &[("direction", "client_to_backend")])
         .await;
     assert!(up >= 2.0 * total as f64, "bytes counted: {up}");
+    let spliced = site.edge.metric("edge_bytes_spliced_total", &[]).await;
+    if splice {
+        // Every byte after the peeked hello, both ways, both tunnels.
+        assert!(spliced >= 4.0 * total as f64, "spliced: {spliced}");
+    } else {
+        assert_eq!(spliced, 0.0, "copy mode spliced bytes");
+    }
 }

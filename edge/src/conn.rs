@@ -29,7 +29,6 @@ pub async fn serve(
 ) {
     let _active = ActiveGuard::new(&shared);
     let _permit = permit;
-    let _ = client.set_nodelay(true);
     if let Err((reject, sni)) = route_and_forward(&shared, &mut client, peer, local).await {
         shared
             .rejects

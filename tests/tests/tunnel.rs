@@ -1,8 +1,9 @@
 //! What an established tunnel owes its users: every byte, in order, both
 //! ways, and half-closes passed through (a client that shuts down its
 //! write side still gets the backend's answer). Each test runs twice: with
-//! `splice(2)` forwarding (the default) and with the user-space copy, and
-//! checks which of the two carried the bytes.
+//! `splice(2)` forwarding (the default) and with the user-space copy; the
+//! bulk test checks which of the two carried the bytes (a spliced tunnel
+//! also half-closes through the splice path when its writer finishes).
 
 use std::net::SocketAddr;
 
@@ -96,18 +97,6 @@ async fn half_close_passes_through_raw_and_tls_tunnels(splice: bool) {
     let mut got = String::new();
     tls.read_to_string(&mut got).await.unwrap();
     assert_eq!(got, "pingbye\n");
-    assert_spliced(&site, splice).await;
-}
-
-/// Splice mode moved every established-tunnel byte through a pipe; copy
-/// mode none.
-async fn assert_spliced(site: &Site, splice: bool) {
-    let spliced = site.edge.metric("edge_bytes_spliced_total", &[]).await;
-    if splice {
-        assert!(spliced > 0.0, "splice mode spliced nothing");
-    } else {
-        assert_eq!(spliced, 0.0, "copy mode spliced bytes");
-    }
 }
 
 /// A deterministic pseudo-random stream (xorshift), so no two chunks match
@@ -212,8 +201,9 @@ async fn one_hundred_megabytes_each_way_arrive_intact(splice: bool) {
     assert!(up >= 2.0 * total as f64, "bytes counted: {up}");
     let spliced = site.edge.metric("edge_bytes_spliced_total", &[]).await;
     if splice {
-        // Every byte after the peeked hello, both ways, both tunnels.
-        assert!(spliced >= 4.0 * total as f64, "spliced: {spliced}");
+        // Each direction copies until a read fills the buffer, then
+        // splices: all but the first few KiB of 400 MB.
+        assert!(spliced >= 0.99 * 4.0 * total as f64, "spliced: {spliced}");
     } else {
         assert_eq!(spliced, 0.0, "copy mode spliced bytes");
     }

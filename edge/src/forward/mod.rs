@@ -1,12 +1,17 @@
 //! Moving bytes both ways through an established tunnel.
 //!
-//! Two ways to move them, chosen by `[forwarding] splice`:
-//! - [`splice`] (Linux, the default): `splice(2)` from the socket into a
-//!   pipe and from the pipe into the other socket. The bytes never enter
-//!   user space; the kernel passes page references along, so a busy tunnel
-//!   costs two system calls per chunk and no copy.
-//! - [`copy`]: `read(2)` into a pooled buffer and `write(2)` out: portable,
-//!   and the fallback when a pipe cannot be had (descriptors exhausted).
+//! Two ways to move them:
+//! - [`copy`]: `read(2)` into a pooled buffer and `write(2)` out. Every
+//!   direction starts with it: a short exchange (a request, an answer, a
+//!   close) costs fewer system calls and kernel work this way than through
+//!   a pipe. With `[forwarding] splice = false` it is the only way.
+//! - [`splice`] (Linux, on by default): once a read fills the copy buffer
+//!   (a bulk transfer), the direction switches for good to `splice(2)`
+//!   from the socket into a pipe and from the pipe into the other socket.
+//!   The bytes never enter user space; the kernel passes page references
+//!   along, so a busy tunnel costs two system calls per chunk and no copy.
+//!   A chunk falls back to the copy when no pipe can be had (descriptors
+//!   exhausted).
 //!
 //! Either way a direction waits for its socket to be readable and only then
 //! takes a pipe or buffer from a per-thread pool, moves what is there, and
@@ -26,8 +31,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::IntCounter;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use copy::Chunk;
 
 /// How established tunnels move bytes (`[forwarding]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,10 +144,27 @@ impl<'a> Direction<'a> {
         }
     }
 
+    /// Copies until EOF or, in splice mode, until a read fills the buffer
+    /// and splicing takes over.
     async fn run(&self, mode: Mode) -> io::Result<()> {
-        match mode {
-            Mode::Splice => splice::pump(self).await,
-            Mode::Copy => copy::pump(self).await,
+        loop {
+            let ready = self.from.ready(Interest::READABLE).await?;
+            match copy::chunk(self, ready.is_read_closed()).await? {
+                Chunk::Nothing => {}
+                Chunk::Moved { full } => {
+                    if full && mode == Mode::Splice {
+                        return splice::pump(self).await;
+                    }
+                }
+                Chunk::Eof => {
+                    self.finish(false);
+                    return Ok(());
+                }
+                Chunk::LastQueued => {
+                    self.finish(true);
+                    return Ok(());
+                }
+            }
         }
     }
 
@@ -156,10 +181,11 @@ impl<'a> Direction<'a> {
     }
 
     /// `from` sent EOF: pass it on as a half-close. The direction that
-    /// finishes second skips it: both sockets are closed right after, and
-    /// `close(2)` sends the same FIN without a system call of its own.
-    pub(crate) fn finish(&self) {
-        if self.state.one_done.swap(true, Ordering::AcqRel) {
+    /// finishes second skips it (unless bytes are queued behind `MSG_MORE`,
+    /// `flush`): both sockets are closed right after, and `close(2)` sends
+    /// the same FIN without a system call of its own.
+    pub(crate) fn finish(&self, flush: bool) {
+        if self.state.one_done.swap(true, Ordering::AcqRel) && !flush {
             return;
         }
         // The peer may already be gone, which is fine.

@@ -19,12 +19,13 @@ use std::os::fd::OwnedFd;
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 
-use super::{copy, Direction};
+use super::copy::{self, Chunk};
+use super::Direction;
 
 /// Bytes one pipe holds. Linux's default pipe (16 pages) moves a whole
 /// loopback or jumbo-frame burst per call without asking for more pipe
 /// memory (which counts against `fs.pipe-user-pages-soft`).
-const PIPE_BYTES: usize = 64 * 1024;
+const PIPE_BYTES: usize = 256 * 1024;
 
 const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 
@@ -32,12 +33,15 @@ const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 pub(crate) async fn pump(dir: &Direction<'_>) -> io::Result<()> {
     loop {
         dir.from.readable().await?;
-        let more = match pool::take() {
-            Ok(pipe) => chunk(dir, pipe).await?,
-            Err(_) => copy::chunk(dir).await?,
+        let ended = match pool::take() {
+            Ok(pipe) => !chunk(dir, pipe).await?,
+            Err(_) => match copy::chunk(dir, false).await? {
+                Chunk::Moved { .. } | Chunk::Nothing => false,
+                Chunk::Eof | Chunk::LastQueued => true,
+            },
         };
-        if !more {
-            dir.finish();
+        if ended {
+            dir.finish(false);
             return Ok(());
         }
     }
@@ -90,6 +94,7 @@ struct Pipe {
 impl Pipe {
     fn new() -> io::Result<Pipe> {
         let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_BYTES);
         Ok(Pipe { read, write })
     }
 }

@@ -1,42 +1,91 @@
 //! Load harness: the edge against HAProxy (Debian's package) on one
 //! machine, in one run, with the same two SNI routes. Each proxy is pinned
 //! to core 1 (`taskset -c 1`); this process (load generator and backends)
-//! pins itself to core 0. For each proxy it prints, with edge/HAProxy
-//! ratios (medians of 3 where it repeats):
-//! (a) connections/s and proxy CPU us per connection: each connection
-//!     sends a replayed real ClientHello (curl's) to a backend that answers
-//!     3 bytes and closes (no crypto in the loop);
+//! pins itself to core 0. Both proxies run at once and the repeats
+//! alternate between them, so drift on the machine hits both alike. It
+//! prints, with edge/HAProxy ratios (medians of the repeats):
+//! (a) connections/s and proxy CPU us per connection (user + sys): each
+//!     connection replays a real ClientHello (curl's) to a backend that
+//!     answers 3 bytes and closes (no crypto in the loop);
 //! (b) p50/p99 connect-to-first-byte latency;
-//! (c) bulk GB/s through 1 and 8 tunnels;
+//! (c) bulk GB/s through 1 and 8 tunnels (and with no proxy at all);
 //! (d) RSS KiB per idle established tunnel;
 //! (e) (a) with PROXY v2 on;
-//! and which core was saturated in each phase.
+//! the edge's connections/s on 1 and on 2 cores; and which side was
+//! saturated in each phase.
 //!
-//! `cargo bench -p edge-benches --bench load` (installs nothing: HAProxy
-//! must be on PATH; `.ci/run` does not run this). docs/benchmarks.md.
+//! `cargo bench -p edge-benches --bench load [-- conn bulk idle cores]`
+//! (phases to run; all by default). `LOAD_SECS` (default 4) and
+//! `LOAD_REPEATS` (default 3) set each measurement's length and count.
+//! HAProxy must be on PATH (`apt-get install haproxy`). docs/benchmarks.md.
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use edge_benches::{percentile, release_binaries};
-use edge_tests::edge::{Route, Toml};
-use edge_tests::ports::free_port;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use edge_benches::load::phases::{self, Connections};
+use edge_benches::load::proxies::{self, Proxy, Setup};
+use edge_benches::load::{backends, median};
+use edge_benches::release_binaries;
 
-const CURL_HELLO: &[u8] = include_bytes!("../../tls-peek/testdata/curl-openssl3.bin"); // SNI shop.example.com
-const ENV: &str = "acme/bench/prod";
-const RUN: Duration = Duration::from_secs(4);
-const CONCURRENCY: usize = 32;
 const IDLE_TUNNELS: usize = 9_000;
+
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+struct Row {
+    figure: String,
+    edge: String,
+    haproxy: String,
+    ratio: Option<f64>,
+    target: &'static str,
+}
+
+impl Report {
+    fn row(&mut self, figure: impl Into<String>, e: f64, h: f64, target: &'static str) {
+        self.rows.push(Row {
+            figure: figure.into(),
+            edge: fmt(e),
+            haproxy: fmt(h),
+            ratio: Some(e / h),
+            target,
+        });
+    }
+
+    fn print(&self) {
+        println!("\n| figure | edge | haproxy | edge/haproxy | target |");
+        println!("|---|---|---|---|---|");
+        for r in &self.rows {
+            let ratio = r.ratio.map(|x| format!("{x:.2}")).unwrap_or_default();
+            println!(
+                "| {} | {} | {} | {ratio} | {} |",
+                r.figure, r.edge, r.haproxy, r.target
+            );
+        }
+        println!("\nSaturated side per measurement:");
+        for n in &self.notes {
+            println!("- {n}");
+        }
+    }
+}
+
+fn fmt(x: f64) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else if x >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.2}")
+    }
+}
 
 fn main() {
     release_binaries();
-    let (_, hard) = rlimit::Resource::NOFILE.get().unwrap();
-    rlimit::Resource::NOFILE.set(hard, hard).unwrap();
+    let (_, hard) = rlimit::Resource::NOFILE.get().expect("RLIMIT_NOFILE");
+    rlimit::Resource::NOFILE
+        .set(hard, hard)
+        .expect("raise RLIMIT_NOFILE");
     let pinned = Command::new("taskset")
         .args(["-pc", "0", &std::process::id().to_string()])
         .output();
@@ -44,392 +93,208 @@ fn main() {
         pinned.map(|o| o.status.success()).unwrap_or(false),
         "taskset (util-linux) is needed"
     );
+    let phases: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wants = |p: &str| phases.is_empty() || phases.iter().any(|x| x == p);
+    let secs = env_num("LOAD_SECS", 4);
+    let repeats = env_num("LOAD_REPEATS", 3) as usize;
+    let run = Duration::from_secs(secs);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
-        .unwrap();
-    runtime.block_on(bench());
-}
-
-/// A backend that reads once, answers `ok\n` and closes.
-async fn answering_backend() -> SocketAddr {
-    let l = TcpListener::bind("[::1]:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s.write_all(b"ok\n").await;
-            });
+        .expect("runtime");
+    let mut report = Report {
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    runtime.block_on(async {
+        let answer = backends::answering().await;
+        let sink = backends::sink().await;
+        let setup = |proxy_v2| Setup {
+            answer,
+            sink,
+            proxy_v2,
+        };
+        if wants("conn") {
+            connections(&mut report, setup, run, repeats).await;
+        }
+        if wants("bulk") {
+            bulk(&mut report, setup(false), run, repeats).await;
+        }
+        if wants("idle") {
+            idle(&mut report, setup(false)).await;
+        }
+        if wants("cores") {
+            cores(&mut report, setup(false), run, repeats).await;
         }
     });
-    addr
+    report.print();
 }
 
-/// A backend that discards everything until EOF.
-async fn sink_backend() -> SocketAddr {
-    let l = TcpListener::bind("[::1]:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 256 * 1024];
-                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
-            });
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `repeats` rounds, each measuring every proxy once in turn.
+async fn rounds(proxies: &[&Proxy], run: Duration, repeats: usize) -> Vec<Vec<Connections>> {
+    let mut by: Vec<Vec<Connections>> = vec![Vec::new(); proxies.len()];
+    for _ in 0..repeats {
+        for (i, p) in proxies.iter().enumerate() {
+            by[i].push(phases::connections(p, run).await);
         }
-    });
-    addr
-}
-
-/// The curl capture re-addressed to `bulk.example.com` (same length).
-fn bulk_hello() -> Vec<u8> {
-    let mut h = CURL_HELLO.to_vec();
-    let at = h
-        .windows(16)
-        .position(|w| w == b"shop.example.com")
-        .unwrap();
-    h[at..at + 16].copy_from_slice(b"bulk.example.co1");
-    h
-}
-
-struct Proxy {
-    name: &'static str,
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
+    by
 }
 
-fn start_edge(answer: SocketAddr, sink: SocketAddr, proxy_v2: bool, cores: &str) -> Proxy {
-    let port = free_port();
-    let mut shop = Route::tls("r-shop", ENV, "shop.example.com", port, answer.port());
-    if proxy_v2 {
-        shop = shop.proxy_protocol();
+/// (a), (b), (e).
+async fn connections(
+    report: &mut Report,
+    setup: impl Fn(bool) -> Setup,
+    run: Duration,
+    repeats: usize,
+) {
+    let edge = proxies::edge(setup(false), "1", true);
+    let haproxy = proxies::haproxy(setup(false));
+    let edge_pp = proxies::edge(setup(true), "1", true);
+    let haproxy_pp = proxies::haproxy(setup(true));
+    let all = [&edge, &haproxy, &edge_pp, &haproxy_pp];
+    let by = rounds(&all, run, repeats).await;
+    for (p, runs) in all.iter().zip(&by) {
+        let r = &runs[runs.len() / 2];
+        report
+            .notes
+            .push(format!("connections, {}: {}", p.name, r.load.saturated()));
     }
-    let toml = Toml::new()
-        .policy("ipv6_extra_ports", &format!("[{port}]"))
-        .env(ENV, &["::1"], None, &[])
-        .instance("i-1", ENV, "web", "::1")
-        .route(shop)
-        .route(Route::tls(
-            "r-bulk",
-            ENV,
-            "bulk.example.co1",
-            port,
-            sink.port(),
-        ));
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("edge.toml");
-    std::fs::write(&config, toml.render()).unwrap();
-    let child = Command::new("taskset")
-        .args(["-c", cores])
-        .arg(std::env::var("EDGE_BIN").unwrap())
-        .arg("--config")
-        .arg(&config)
-        .env("EDGE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(toml.admin);
-    Proxy {
-        name: "edge",
-        child,
-        addr: SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
-        _dir: dir,
-    }
-}
-
-fn start_haproxy(answer: SocketAddr, sink: SocketAddr, proxy_v2: bool) -> Proxy {
-    let port = free_port();
-    let pp = if proxy_v2 { " send-proxy-v2" } else { "" };
-    let cfg = format!(
-        "global\n  nbthread 1\n  maxconn 9500\n\ndefaults\n  mode tcp\n  timeout connect 3s\n  timeout client 1h\n  timeout server 1h\n\n\
-         frontend fe\n  bind [::1]:{port}\n  tcp-request inspect-delay 5s\n  tcp-request content accept if {{ req_ssl_hello_type 1 }}\n  \
-         use_backend shop if {{ req_ssl_sni -i shop.example.com }}\n  use_backend bulk if {{ req_ssl_sni -i bulk.example.co1 }}\n\n\
-         backend shop\n  server s1 [::1]:{}{pp}\n\nbackend bulk\n  server s1 [::1]:{}\n",
-        answer.port(),
-        sink.port()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("haproxy.cfg");
-    std::fs::write(&config, cfg).unwrap();
-    let child = Command::new("taskset")
-        .args(["-c", "1", "haproxy", "-db", "-f"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haproxy on PATH (apt-get install haproxy)");
-    let addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "haproxy did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Proxy {
-        name: "haproxy",
-        child,
-        addr,
-        _dir: dir,
-    }
-}
-
-/// Polls `/readyz` with a blocking HTTP request (callers are inside the
-/// async runtime's thread, so no nested runtime).
-fn wait_ready(admin: SocketAddr) {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ready = std::net::TcpStream::connect(admin).and_then(|mut s| {
-            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out.starts_with("HTTP/1.1 200"))
-        });
-        if matches!(ready, Ok(true)) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "edge not ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
-    (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-struct Cps {
-    per_sec: f64,
-    cpu_us: f64,
-    p50_us: f64,
-    p99_us: f64,
-    gen_util: f64,
-    proxy_util: f64,
-}
-
-/// (a)/(b)/(e): connections through `proxy` for [`RUN`].
-async fn cps(proxy: &Proxy) -> Cps {
-    let done = Arc::new(AtomicU64::new(0));
-    let until = Instant::now() + RUN;
-    let (cpu0, gen0) = (
-        cpu_seconds(proxy.child.id()),
-        cpu_seconds(std::process::id()),
-    );
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let (addr, done) = (proxy.addr, done.clone());
-        workers.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while Instant::now() < until {
-                let t = Instant::now();
-                let Ok(mut s) = TcpStream::connect(addr).await else {
-                    continue;
-                };
-                let _ = s.set_nodelay(true);
-                if s.write_all(CURL_HELLO).await.is_err() {
-                    continue;
-                }
-                let mut buf = [0u8; 16];
-                if matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
-                    lat.push(t.elapsed().as_micros() as u64);
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for w in workers {
-        lat.extend(w.await.unwrap());
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let (cpu, gen) = (
-        cpu_seconds(proxy.child.id()) - cpu0,
-        cpu_seconds(std::process::id()) - gen0,
-    );
-    lat.sort_unstable();
-    let n = done.load(Ordering::Relaxed) as f64;
-    Cps {
-        per_sec: n / secs,
-        cpu_us: cpu * 1e6 / n,
-        p50_us: percentile(&lat, 50.0) as f64,
-        p99_us: percentile(&lat, 99.0) as f64,
-        gen_util: gen / secs,
-        proxy_util: cpu / secs,
-    }
-}
-
-/// (c): GB/s through `tunnels` concurrent tunnels to the sink.
-async fn bulk(proxy: &Proxy, tunnels: usize) -> (f64, f64, f64) {
-    let moved = Arc::new(AtomicU64::new(0));
-    let until = Instant::now() + RUN;
-    let (cpu0, gen0) = (
-        cpu_seconds(proxy.child.id()),
-        cpu_seconds(std::process::id()),
-    );
-    let started = Instant::now();
-    let mut ws = Vec::new();
-    for _ in 0..tunnels {
-        let (addr, moved) = (proxy.addr, moved.clone());
-        ws.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(&bulk_hello()).await.unwrap();
-            let chunk = vec![0u8; 256 * 1024];
-            while Instant::now() < until {
-                s.write_all(&chunk).await.unwrap();
-                moved.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            }
-        }));
-    }
-    for w in ws {
-        w.await.unwrap();
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let (cpu, gen) = (
-        cpu_seconds(proxy.child.id()) - cpu0,
-        cpu_seconds(std::process::id()) - gen0,
-    );
-    (
-        moved.load(Ordering::Relaxed) as f64 / secs / 1e9,
-        gen / secs,
-        cpu / secs,
-    )
-}
-
-/// (d): KiB of proxy RSS per idle established tunnel.
-async fn idle_rss(proxy: &Proxy) -> f64 {
-    let before = rss_kib(proxy.child.id());
-    let hello = bulk_hello();
-    let mut held = Vec::with_capacity(IDLE_TUNNELS);
-    for _ in 0..IDLE_TUNNELS {
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-        s.write_all(&hello).await.unwrap();
-        held.push(s);
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(proxy.child.id());
-    drop(held);
-    (after.saturating_sub(before)) as f64 / IDLE_TUNNELS as f64
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn saturated(gen: f64, proxy: f64) -> &'static str {
-    if gen >= proxy {
-        "core 0 (load generator)"
-    } else {
-        "core 1 (proxy)"
-    }
-}
-
-async fn bench() {
-    let (answer, sink) = (answering_backend().await, sink_backend().await);
-    println!("| figure | edge | haproxy | edge/haproxy |\n|---|---|---|---|");
-    let mut rows: Vec<(String, f64, f64)> = Vec::new();
-    for pp in [false, true] {
-        let mut by: Vec<Vec<Cps>> = Vec::new();
-        for which in ["edge", "haproxy"] {
-            let p = if which == "edge" {
-                start_edge(answer, sink, pp, "1")
-            } else {
-                start_haproxy(answer, sink, pp)
-            };
-            let mut runs = Vec::new();
-            for _ in 0..3 {
-                runs.push(cps(&p).await);
-            }
-            eprintln!(
-                "{} (PROXY v2 {pp}): saturated {}",
-                p.name,
-                saturated(
-                    median(runs.iter().map(|r| r.gen_util).collect()),
-                    median(runs.iter().map(|r| r.proxy_util).collect())
-                )
-            );
-            by.push(runs);
-        }
-        let tag = if pp { " (PROXY v2)" } else { "" };
-        let m = |i: usize, f: fn(&Cps) -> f64| median(by[i].iter().map(f).collect());
-        rows.push((
+    let m = |i: usize, f: fn(&Connections) -> f64| median(by[i].iter().map(f).collect());
+    let cpu = |c: &Connections| c.cpu_us.total();
+    for (tag, e, h) in [("", 0, 1), (" with PROXY v2", 2, 3)] {
+        report.row(
             format!("connections/s{tag}"),
-            m(0, |r| r.per_sec),
-            m(1, |r| r.per_sec),
-        ));
-        rows.push((
+            m(e, |c| c.per_sec),
+            m(h, |c| c.per_sec),
+            "",
+        );
+        report.row(
             format!("proxy CPU us per connection{tag}"),
-            m(0, |r| r.cpu_us),
-            m(1, |r| r.cpu_us),
-        ));
-        rows.push((
+            m(e, cpu),
+            m(h, cpu),
+            "<= 0.80",
+        );
+        report.row(
+            format!("  of which user{tag}"),
+            m(e, |c| c.cpu_us.user),
+            m(h, |c| c.cpu_us.user),
+            "",
+        );
+        report.row(
+            format!("  of which system{tag}"),
+            m(e, |c| c.cpu_us.sys),
+            m(h, |c| c.cpu_us.sys),
+            "",
+        );
+        report.row(
             format!("p50 latency us{tag}"),
-            m(0, |r| r.p50_us),
-            m(1, |r| r.p50_us),
-        ));
-        rows.push((
+            m(e, |c| c.p50_us),
+            m(h, |c| c.p50_us),
+            "",
+        );
+        report.row(
             format!("p99 latency us{tag}"),
-            m(0, |r| r.p99_us),
-            m(1, |r| r.p99_us),
+            m(e, |c| c.p99_us),
+            m(h, |c| c.p99_us),
+            "<= 1.00",
+        );
+    }
+    report.row(
+        "PROXY v2 CPU cost (with / without)",
+        m(2, cpu) / m(0, cpu),
+        m(3, cpu) / m(1, cpu),
+        "edge <= 1.05",
+    );
+}
+
+/// (c): through 1 and 8 tunnels, and the same with no proxy at all.
+async fn bulk(report: &mut Report, setup: Setup, run: Duration, repeats: usize) {
+    let edge = proxies::edge(setup, "1", true);
+    let edge_copy = proxies::edge(setup, "1", false);
+    let haproxy = proxies::haproxy(setup);
+    let direct = Proxy::direct(setup.sink);
+    let all = [&edge, &haproxy, &edge_copy, &direct];
+    for tunnels in [1, 8] {
+        let mut by: Vec<Vec<f64>> = vec![Vec::new(); all.len()];
+        for _ in 0..repeats {
+            for (i, p) in all.iter().enumerate() {
+                let (gbps, load) = phases::bulk(p, tunnels, run).await;
+                by[i].push(gbps);
+                if by[i].len() == 1 {
+                    report
+                        .notes
+                        .push(format!("bulk x{tunnels}, {}: {}", p.name, load.saturated()));
+                }
+            }
+        }
+        let m = |i: usize| median(by[i].clone());
+        report.row(
+            format!("bulk GB/s, {tunnels} tunnel(s)"),
+            m(0),
+            m(1),
+            ">= 1.50",
+        );
+        report.row(
+            format!("  edge with splice off, {tunnels} tunnel(s)"),
+            m(2),
+            m(1),
+            "",
+        );
+        report.row(
+            format!("  no proxy (generator to sink), {tunnels} connection(s)"),
+            m(3),
+            f64::NAN,
+            "",
+        );
+    }
+}
+
+/// (d).
+async fn idle(report: &mut Report, setup: Setup) {
+    let edge = proxies::edge(setup, "1", true);
+    let e = phases::idle_rss(&edge, IDLE_TUNNELS).await;
+    drop(edge);
+    let haproxy = proxies::haproxy(setup);
+    let h = phases::idle_rss(&haproxy, IDLE_TUNNELS).await;
+    drop(haproxy);
+    report.row(
+        format!("RSS KiB per idle tunnel ({IDLE_TUNNELS} open)"),
+        e,
+        h,
+        "<= 0.50",
+    );
+}
+
+/// The edge on one core and on two (the generator shares core 0).
+async fn cores(report: &mut Report, setup: Setup, run: Duration, repeats: usize) {
+    let one = proxies::edge(setup, "1", true);
+    let two = proxies::edge(setup, "0,1", true);
+    let by = rounds(&[&one, &two], run, repeats).await;
+    for (p, runs) in [&one, &two].iter().zip(&by) {
+        report.notes.push(format!(
+            "connections, {}: {}",
+            p.name,
+            runs[runs.len() / 2].load.saturated()
         ));
     }
-    for tunnels in [1, 8] {
-        let e = start_edge(answer, sink, false, "1");
-        let (ge, gu, pu) = bulk(&e, tunnels).await;
-        eprintln!("edge bulk x{tunnels}: saturated {}", saturated(gu, pu));
-        drop(e);
-        let h = start_haproxy(answer, sink, false);
-        let (gh, gu, pu) = bulk(&h, tunnels).await;
-        eprintln!("haproxy bulk x{tunnels}: saturated {}", saturated(gu, pu));
-        rows.push((format!("bulk GB/s, {tunnels} tunnel(s)"), ge, gh));
-    }
-    let e = start_edge(answer, sink, false, "1");
-    let ie = idle_rss(&e).await;
-    drop(e);
-    let h = start_haproxy(answer, sink, false);
-    let ih = idle_rss(&h).await;
-    drop(h);
-    rows.push((format!("RSS KiB per idle tunnel ({IDLE_TUNNELS})"), ie, ih));
-    let e2 = start_edge(answer, sink, false, "0,1");
-    let two = median(vec![
-        cps(&e2).await.per_sec,
-        cps(&e2).await.per_sec,
-        cps(&e2).await.per_sec,
-    ]);
-    drop(e2);
-    rows.push((
-        "edge connections/s on 2 cores (generator shares core 0)".into(),
-        two,
-        f64::NAN,
-    ));
-    for (name, e, h) in rows {
-        println!("| {name} | {e:.2} | {h:.2} | {:.2} |", e / h);
-    }
+    let m = |i: usize| median(by[i].iter().map(|c| c.per_sec).collect());
+    report.rows.push(Row {
+        figure: "edge connections/s on core 1 / on cores 0,1 (generator on core 0)".into(),
+        edge: format!("{} / {}", fmt(m(0)), fmt(m(1))),
+        haproxy: "-".into(),
+        ratio: None,
+        target: "",
+    });
 }

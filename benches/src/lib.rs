@@ -22,3 +22,5 @@ pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
 }
+
+pub mod load;

@@ -42,6 +42,8 @@ pub struct Live {
 pub struct Shared {
     pub live: ArcSwap<Live>,
     pub limits: Limits,
+    /// How tunnels move bytes (`[forwarding]`).
+    pub forwarding: crate::forward::Mode,
     pub metrics: Metrics,
     pub admission: Arc<Admission>,
     pub load: Arc<BackendLoad>,
@@ -129,6 +131,7 @@ impl App {
                 errors: Vec::new(),
             }),
             limits,
+            forwarding: config.forwarding.mode(),
             metrics: Metrics::new(),
             admission: Admission::new(limits.max_connections, limits.max_connections_per_source),
             load: Arc::new(BackendLoad::default()),

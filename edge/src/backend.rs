@@ -143,7 +143,8 @@ async fn dial(addr: SocketAddrV6, overlay: &Overlay) -> io::Result<TcpStream> {
         Type::STREAM.nonblocking(),
         Some(Protocol::TCP),
     )?;
-    socket.set_only_v6(true)?;
+    // No IPV6_V6ONLY: it only matters for a socket that binds a wildcard
+    // address, and this one dials an IPv6 address.
     if let Some(mark) = overlay.fwmark {
         socket.set_mark(mark)?;
     }

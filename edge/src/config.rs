@@ -39,6 +39,7 @@ pub struct Config {
     pub control: Option<ControlConfig>,
     pub upgrade: Option<UpgradeConfig>,
     pub limits: Limits,
+    pub forwarding: Forwarding,
     pub policy: PortPolicy,
     pub overlay: Overlay,
     pub routing: RoutingSpec,
@@ -104,6 +105,31 @@ impl Default for Limits {
     }
 }
 
+/// `[forwarding]`: how established tunnels move bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Forwarding {
+    /// `splice(2)` through a pipe (zero-copy, Linux); `false` copies
+    /// through a user-space buffer. Takes effect at the next restart.
+    pub splice: bool,
+}
+
+impl Default for Forwarding {
+    fn default() -> Self {
+        Forwarding { splice: true }
+    }
+}
+
+impl Forwarding {
+    pub fn mode(self) -> crate::forward::Mode {
+        if self.splice {
+            crate::forward::Mode::Splice
+        } else {
+            crate::forward::Mode::Copy
+        }
+    }
+}
+
 /// `[overlay]`: how backends are dialled.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overlay {
@@ -146,6 +172,7 @@ impl Config {
             control: raw.control,
             upgrade: raw.upgrade,
             limits,
+            forwarding: raw.forwarding,
             policy: raw.policy,
             overlay: Overlay {
                 policy: OverlayPolicy {
@@ -172,6 +199,8 @@ struct RawConfig {
     upgrade: Option<UpgradeConfig>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    forwarding: Forwarding,
     #[serde(default)]
     policy: PortPolicy,
     #[serde(default)]

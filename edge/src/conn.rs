@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use route_model::Decision;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::app::Shared;
@@ -30,7 +29,6 @@ pub async fn serve(
 ) {
     let _active = ActiveGuard::new(&shared);
     let _permit = permit;
-    let _ = client.set_nodelay(true);
     if let Err((reject, sni)) = route_and_forward(&shared, &mut client, peer, local).await {
         shared
             .rejects
@@ -75,7 +73,7 @@ async fn route_and_forward(
         Decision::Reject(reason) => return Err(fail(Reject::Route(reason))),
     };
     let withdrawn = shared.withdrawals.subscribe(&route.route.id);
-    let mut backend = backend::connect(
+    let backend = backend::connect(
         &route,
         &live.overlay,
         limits.connect_timeout,
@@ -88,7 +86,7 @@ async fn route_and_forward(
 
     let first = first_write(route.route.proxy_protocol, peer, local, sni, hello);
     if !first.is_empty() {
-        if backend.stream.write_all(&first).await.is_err() {
+        if forward::write_all(&backend.stream, &first).await.is_err() {
             shared.metrics.tunnel_closed(forward::Ended::Error.as_str());
             return Ok(());
         }
@@ -100,10 +98,12 @@ async fn route_and_forward(
     let counters = ByteCounters {
         to_backend: shared.metrics.bytes_to_backend.clone(),
         to_client: shared.metrics.bytes_to_client.clone(),
+        spliced: shared.metrics.bytes_spliced.clone(),
     };
     let ended = forward::tunnel(
         client,
-        &mut backend.stream,
+        &backend.stream,
+        shared.forwarding,
         limits.idle_timeout,
         &counters,
         withdrawn,

@@ -47,6 +47,12 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener>
 
 /// Accepts on `listener` (bound to `addr`) until the task is aborted.
 pub async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared>) {
+    // Linux copies TCP_NODELAY from the listener to every socket it
+    // accepts: set once here (on bound and inherited listeners alike), it
+    // saves a system call per connection.
+    if let Err(e) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
+        tracing::warn!(%addr, error = %e, "cannot set TCP_NODELAY on the listener");
+    }
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -87,4 +93,19 @@ fn fd_exhausted(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let listener = super::bind("[::1]:0".parse().unwrap(), 8).unwrap();
+        socket2::SockRef::from(&listener)
+            .set_tcp_nodelay(true)
+            .unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 }

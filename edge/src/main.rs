@@ -67,10 +67,7 @@ fn main() -> ExitCode {
             }
         }
         None => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("edge: cannot start the runtime: {e}");
@@ -86,6 +83,22 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// One worker thread per core the process may run on (its CPU affinity,
+/// so `taskset` and systemd's `CPUAffinity=` are honoured). On a single
+/// core the current-thread scheduler does the same work without the
+/// cross-thread bookkeeping of work stealing.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cores);
+        b
+    };
+    builder.enable_all().build()
 }
 
 fn init_logging(format: LogFormat) {

@@ -31,6 +31,8 @@ pub struct Metrics {
     rejected: IntCounterVec,
     pub bytes_to_backend: IntCounter,
     pub bytes_to_client: IntCounter,
+    /// Of those, the bytes moved by `splice(2)` (never through user space).
+    pub bytes_spliced: IntCounter,
     pub peek_seconds: Histogram,
     pub hello_bytes: Histogram,
     alpn: IntCounterVec,
@@ -81,6 +83,10 @@ impl Metrics {
             )),
             bytes_to_backend: bytes.with_label_values(&["client_to_backend"]),
             bytes_to_client: bytes.with_label_values(&["backend_to_client"]),
+            bytes_spliced: reg!(IntCounter::new(
+                "edge_bytes_spliced_total",
+                "Bytes of established tunnels moved by splice(2), both directions (a part of edge_bytes_total)."
+            )),
             peek_seconds: reg!(Histogram::with_opts(
                 HistogramOpts::new(
                     "edge_client_hello_peek_seconds",

@@ -171,8 +171,9 @@ async fn reload(app: &Arc<App>, source: &Source, path: &Path, running: &Config) 
             if new.limits != running.limits
                 || new.admin != running.admin
                 || new.control != running.control
+                || new.forwarding != running.forwarding
             {
-                tracing::warn!("reload: [limits], [admin] and [control] changes take effect at the next restart");
+                tracing::warn!("reload: [limits], [forwarding], [admin] and [control] changes take effect at the next restart");
             }
             app.shared.metrics.reload("ok");
             source.reload(new).await;

@@ -76,6 +76,7 @@ pub struct Toml {
     policy: Vec<(String, String)>,
     control: Option<(PathBuf, PathBuf)>,
     upgrade: Option<PathBuf>,
+    splice: Option<bool>,
     body: String,
 }
 
@@ -87,6 +88,7 @@ impl Toml {
             policy: Vec::new(),
             control: None,
             upgrade: None,
+            splice: None,
             body: String::new(),
         }
     }
@@ -94,6 +96,13 @@ impl Toml {
     /// A `[limits]` key, value as TOML.
     pub fn limit(mut self, key: &str, value: impl ToString) -> Toml {
         self.limits.push((key.into(), value.to_string()));
+        self
+    }
+
+    /// `[forwarding] splice`: zero-copy `splice(2)` (the default) or the
+    /// user-space copy.
+    pub fn splice(mut self, on: bool) -> Toml {
+        self.splice = Some(on);
         self
     }
 
@@ -170,6 +179,9 @@ impl Toml {
         }
         if let Some(socket) = &self.upgrade {
             let _ = writeln!(out, "\n[upgrade]\nsocket = {socket:?}");
+        }
+        if let Some(on) = self.splice {
+            let _ = writeln!(out, "\n[forwarding]\nsplice = {on}");
         }
         out.push_str("\n[policy]\n");
         for (k, v) in &self.policy {

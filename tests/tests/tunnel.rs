@@ -1,6 +1,9 @@
 //! What an established tunnel owes its users: every byte, in order, both
 //! ways, and half-closes passed through (a client that shuts down its
-//! write side still gets the backend's answer).
+//! write side still gets the backend's answer). Each test runs twice: with
+//! `splice(2)` forwarding (the default) and with the user-space copy; the
+//! bulk test checks which of the two carried the bytes (a spliced tunnel
+//! also half-closes through the splice path when its writer finishes).
 
 use std::net::SocketAddr;
 
@@ -25,7 +28,7 @@ struct Site {
     _raw: Backend,
 }
 
-async fn site() -> Site {
+async fn site(splice: bool) -> Site {
     let ca = TestCa::new();
     let tls = Backend::start(
         "[::1]:0".parse().unwrap(),
@@ -47,7 +50,8 @@ async fn site() -> Site {
             tls_port,
             tls.addr.port(),
         ))
-        .route(Route::raw("r-raw", ENV, raw_port, raw.addr.port()));
+        .route(Route::raw("r-raw", ENV, raw_port, raw.addr.port()))
+        .splice(splice);
     let edge = Edge::start(&toml).await;
     Site {
         ca,
@@ -64,8 +68,17 @@ fn v6(port: u16) -> SocketAddr {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn half_close_passes_through_raw_and_tls_tunnels() {
-    let site = site().await;
+async fn half_close_passes_through_spliced_tunnels() {
+    half_close_passes_through_raw_and_tls_tunnels(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_passes_through_copied_tunnels() {
+    half_close_passes_through_raw_and_tls_tunnels(false).await;
+}
+
+async fn half_close_passes_through_raw_and_tls_tunnels(splice: bool) {
+    let site = site(splice).await;
     // Raw TCP: our FIN reaches the backend, which then answers and closes.
     let mut raw = TcpStream::connect(v6(site.raw_port)).await.unwrap();
     raw.write_all(b"ping").await.unwrap();
@@ -142,8 +155,17 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_hundred_megabytes_each_way_arrive_intact() {
-    let site = site().await;
+async fn one_hundred_megabytes_each_way_arrive_intact_spliced() {
+    one_hundred_megabytes_each_way_arrive_intact(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hundred_megabytes_each_way_arrive_intact_copied() {
+    one_hundred_megabytes_each_way_arrive_intact(false).await;
+}
+
+async fn one_hundred_megabytes_each_way_arrive_intact(splice: bool) {
+    let site = site(splice).await;
     let total = 100 * MB;
     let mut expected = Sha256::new();
     let chunk = pattern(MB);
@@ -158,7 +180,10 @@ async fn one_hundred_megabytes_each_way_arrive_intact() {
     let (hash, received) = echo_through(raw, total).await;
     // Informational only (never asserted): the benches measure speed.
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("raw echo: {:.0} MB/s each way", total as f64 / secs / 1e6);
+    eprintln!(
+        "raw echo (splice {splice}): {:.0} MB/s each way",
+        total as f64 / secs / 1e6
+    );
     assert_eq!(received, total + 4);
     assert_eq!(hash, expected, "raw tunnel");
 
@@ -174,4 +199,12 @@ async fn one_hundred_megabytes_each_way_arrive_intact() {
         .metric("edge_bytes_total", &[("direction", "client_to_backend")])
         .await;
     assert!(up >= 2.0 * total as f64, "bytes counted: {up}");
+    let spliced = site.edge.metric("edge_bytes_spliced_total", &[]).await;
+    if splice {
+        // Each direction copies until a read fills the buffer, then
+        // splices: all but the first few KiB of 400 MB.
+        assert!(spliced >= 0.99 * 4.0 * total as f64, "spliced: {spliced}");
+    } else {
+        assert_eq!(spliced, 0.0, "copy mode spliced bytes");
+    }
 }

@@ -1,0 +1,133 @@
+//! Zero-copy forwarding on Linux: `splice(2)` from the socket into a pipe,
+//! then from the pipe into the other socket.
+//!
+//! The kernel moves page references, not bytes, so the proxy never copies
+//! what it forwards. `SPLICE_F_MORE` is never passed: it would hold back a
+//! partial segment the way `TCP_CORK` does and add latency to interactive
+//! protocols.
+//!
+//! Pipes come from a per-thread pool and are held only while bytes sit in
+//! them (from the read until the other socket has taken them all), so an
+//! idle tunnel holds no pipe and no descriptors beyond its two sockets. A
+//! pipe that still holds bytes when its tunnel fails is closed, never
+//! pooled. When no pipe can be made (descriptors or pipe memory exhausted)
+//! the chunk is copied through user space instead ([`super::copy`]).
+
+use std::io;
+use std::os::fd::OwnedFd;
+
+use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
+use tokio::io::Interest;
+
+use super::copy::{self, Chunk};
+use super::Direction;
+
+/// Bytes one pipe holds. Linux's default pipe (16 pages) moves a whole
+/// loopback or jumbo-frame burst per call without asking for more pipe
+/// memory (which counts against `fs.pipe-user-pages-soft`).
+const PIPE_BYTES: usize = 256 * 1024;
+
+const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
+
+/// Splices until `from` sends EOF, then half-closes `to`.
+pub(crate) async fn pump(dir: &Direction<'_>) -> io::Result<()> {
+    loop {
+        dir.from.readable().await?;
+        let ended = match pool::take() {
+            Ok(pipe) => !chunk(dir, pipe).await?,
+            Err(_) => match copy::chunk(dir, false).await? {
+                Chunk::Moved { .. } | Chunk::Nothing => false,
+                Chunk::Eof | Chunk::LastQueued => true,
+            },
+        };
+        if ended {
+            dir.finish(false);
+            return Ok(());
+        }
+    }
+}
+
+/// Moves what `from` has now through `pipe`. `Ok(false)` at EOF.
+async fn chunk(dir: &Direction<'_>, pipe: Pipe) -> io::Result<bool> {
+    let read = dir.from.try_io(Interest::READABLE, || {
+        splice(dir.from, None, &pipe.write, None, PIPE_BYTES, FLAGS).map_err(io::Error::from)
+    });
+    let n = match read {
+        Ok(0) => {
+            pool::give(pipe);
+            return Ok(false);
+        }
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            pool::give(pipe);
+            return Ok(true); // a spurious wake-up
+        }
+        Err(e) => {
+            pool::give(pipe); // nothing entered it
+            return Err(e);
+        }
+    };
+    let mut left = n;
+    while left > 0 {
+        let wrote = dir.to.try_io(Interest::WRITABLE, || {
+            splice(&pipe.read, None, dir.to, None, left, FLAGS).map_err(io::Error::from)
+        });
+        match wrote {
+            Ok(m) => left -= m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dir.to.writable().await?,
+            // `pipe` still holds bytes: it is closed here, not pooled.
+            Err(e) => return Err(e),
+        }
+    }
+    pool::give(pipe);
+    dir.spliced(n);
+    Ok(true)
+}
+
+/// Both ends of one non-blocking pipe.
+#[derive(Debug)]
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_BYTES);
+        Ok(Pipe { read, write })
+    }
+}
+
+/// Empty pipes, pooled per worker thread. Bounded: a burst of busy
+/// tunnels makes more, and those beyond [`pool::KEEP`] are closed.
+mod pool {
+    use std::cell::RefCell;
+    use std::io;
+
+    use super::Pipe;
+
+    /// Empty pipes kept per thread (two descriptors each).
+    pub const KEEP: usize = 16;
+
+    thread_local! {
+        static FREE: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> io::Result<Pipe> {
+        match FREE.with(|f| f.borrow_mut().pop()) {
+            Some(p) => Ok(p),
+            None => Pipe::new(),
+        }
+    }
+
+    /// Returns an empty pipe to the pool.
+    pub fn give(pipe: Pipe) {
+        FREE.with(|f| {
+            let mut f = f.borrow_mut();
+            if f.len() < KEEP {
+                f.push(pipe);
+            }
+        });
+    }
+}

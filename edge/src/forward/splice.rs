@@ -47,41 +47,56 @@ pub(crate) async fn pump(dir: &Direction<'_>) -> io::Result<()> {
     }
 }
 
-/// Moves what `from` has now through `pipe`. `Ok(false)` at EOF.
+/// Moves bytes through `pipe` until `from` has nothing more for now and
+/// the pipe is empty again (`Ok(true)`), or `from` sent EOF and the pipe is
+/// empty (`Ok(false)`). Reading and writing overlap: while `to` has no
+/// room, `from` keeps filling the pipe, so one slow side does not stall
+/// the other for a whole round trip.
 async fn chunk(dir: &Direction<'_>, pipe: Pipe) -> io::Result<bool> {
-    let read = dir.from.try_io(Interest::READABLE, || {
-        splice(dir.from, None, &pipe.write, None, PIPE_BYTES, FLAGS).map_err(io::Error::from)
-    });
-    let n = match read {
-        Ok(0) => {
+    let mut held = 0usize;
+    let mut eof = false;
+    let mut dry = false;
+    loop {
+        if !eof && !dry && held < PIPE_BYTES {
+            let read = dir.from.try_io(Interest::READABLE, || {
+                splice(dir.from, None, &pipe.write, None, PIPE_BYTES - held, FLAGS)
+                    .map_err(io::Error::from)
+            });
+            match read {
+                Ok(0) => eof = true,
+                Ok(n) => held += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dry = true,
+                // Bytes still in the pipe are lost with the tunnel: the
+                // pipe is closed here, never pooled.
+                Err(e) => return Err(e),
+            }
+        }
+        if held > 0 {
+            let wrote = dir.to.try_io(Interest::WRITABLE, || {
+                splice(&pipe.read, None, dir.to, None, held, FLAGS).map_err(io::Error::from)
+            });
+            match wrote {
+                Ok(m) => {
+                    held -= m;
+                    dir.spliced(m);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if held == 0 && (eof || dry) {
             pool::give(pipe);
-            return Ok(false);
+            return Ok(!eof);
         }
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            pool::give(pipe);
-            return Ok(true); // a spurious wake-up
-        }
-        Err(e) => {
-            pool::give(pipe); // nothing entered it
-            return Err(e);
-        }
-    };
-    let mut left = n;
-    while left > 0 {
-        let wrote = dir.to.try_io(Interest::WRITABLE, || {
-            splice(&pipe.read, None, dir.to, None, left, FLAGS).map_err(io::Error::from)
-        });
-        match wrote {
-            Ok(m) => left -= m,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dir.to.writable().await?,
-            // `pipe` still holds bytes: it is closed here, not pooled.
-            Err(e) => return Err(e),
+        let can_read = !eof && held < PIPE_BYTES;
+        tokio::select! {
+            r = dir.to.writable(), if held > 0 => r?,
+            r = dir.from.readable(), if can_read => {
+                r?;
+                dry = false;
+            }
         }
     }
-    pool::give(pipe);
-    dir.spliced(n);
-    Ok(true)
 }
 
 /// Both ends of one non-blocking pipe.

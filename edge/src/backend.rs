@@ -82,6 +82,7 @@ pub async fn connect(
     connect_timeout: Duration,
     load: &Arc<BackendLoad>,
     metrics: &Metrics,
+    speaks_first: bool,
 ) -> Result<Backend, Reject> {
     let port = route.route.backend_port;
     let mut candidates: Vec<SocketAddrV6> = route
@@ -97,7 +98,7 @@ pub async fn connect(
         let pick = choose(&candidates, load);
         let addr = candidates.swap_remove(pick);
         let started = Instant::now();
-        match tokio::time::timeout(connect_timeout, dial(addr, overlay)).await {
+        match tokio::time::timeout(connect_timeout, dial(addr, overlay, speaks_first)).await {
             Ok(Ok(stream)) => {
                 metrics
                     .connect_seconds
@@ -137,7 +138,7 @@ fn choose(candidates: &[SocketAddrV6], load: &BackendLoad) -> usize {
 }
 
 /// One IPv6 connect with the overlay's source address and mark.
-async fn dial(addr: SocketAddrV6, overlay: &Overlay) -> io::Result<TcpStream> {
+async fn dial(addr: SocketAddrV6, overlay: &Overlay, speaks_first: bool) -> io::Result<TcpStream> {
     let socket = Socket::new(
         Domain::IPV6,
         Type::STREAM.nonblocking(),
@@ -152,6 +153,12 @@ async fn dial(addr: SocketAddrV6, overlay: &Overlay) -> io::Result<TcpStream> {
         socket.bind(&SocketAddr::from((source, 0)).into())?;
     }
     socket.set_tcp_nodelay(true)?;
+    if speaks_first {
+        // The edge writes first (the hello, the PROXY v2 header): hold the
+        // handshake's last ACK back so it rides on that first segment
+        // instead of crossing the overlay alone.
+        rustix::net::sockopt::set_tcp_quickack(&socket, false)?;
+    }
     let socket = TcpSocket::from_std_stream(socket.into());
     socket.connect(SocketAddr::V6(addr)).await
 }

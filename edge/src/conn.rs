@@ -79,6 +79,7 @@ async fn route_and_forward(
         limits.connect_timeout,
         &shared.load,
         &shared.metrics,
+        hello.is_some() || route.route.proxy_protocol,
     )
     .await
     .map_err(fail)?;

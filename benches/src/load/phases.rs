@@ -70,6 +70,8 @@ pub struct Connections {
     pub cpu_us: Cpu,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// Every connect-to-first-byte latency, microseconds, sorted.
+    pub latencies_us: Vec<u64>,
     pub load: Load,
 }
 
@@ -115,6 +117,7 @@ pub async fn connections(proxy: &Proxy, run: Duration) -> Connections {
         },
         p50_us: percentile(&lat, 50.0) as f64,
         p99_us: percentile(&lat, 99.0) as f64,
+        latencies_us: lat,
         load,
     }
 }

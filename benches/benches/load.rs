@@ -196,7 +196,7 @@ async fn connections(
     let v = |i: usize, f: fn(&Connections) -> f64| by[i].iter().map(f).collect::<Vec<f64>>();
     let cpu = |c: &Connections| c.cpu_us.total();
     for (tag, e, h) in [("", 0, 1), (" with PROXY v2", 2, 3)] {
-        let rows: [(&str, fn(&Connections) -> f64, &'static str); 4] = [
+        let rows: [Figure; 4] = [
             ("connections/s", |c| c.per_sec, ""),
             ("proxy CPU us per connection", cpu, "<= 0.80"),
             ("  of which user", |c| c.cpu_us.user, ""),
@@ -235,6 +235,9 @@ async fn connections(
         target: "edge <= 1.05",
     });
 }
+
+/// A figure of the connection phase: name, how to read it, target.
+type Figure = (&'static str, fn(&Connections) -> f64, &'static str);
 
 /// `median (lo-hi)` of `v`.
 fn spread_of(v: &[f64]) -> String {

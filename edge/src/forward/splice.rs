@@ -177,3 +177,88 @@ mod pool {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prometheus::IntCounter;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::Pipe;
+    use crate::forward::{tunnel, ByteCounters, Ended, Mode};
+
+    /// Two connected loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("[::1]:0").await.unwrap();
+        let near = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (far, _) = l.accept().await.unwrap();
+        (near, far)
+    }
+
+    /// 8 MiB through a splice-mode tunnel: with every pipe taken (the cap
+    /// or the descriptor limit, whichever comes first) each chunk is
+    /// copied and the bytes still arrive intact; with pipes to be had they
+    /// are spliced.
+    #[tokio::test]
+    async fn copies_when_no_pipe_can_be_had_and_splices_otherwise() {
+        if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+            let _ = rlimit::Resource::NOFILE.set(hard, hard);
+        }
+        let payload: Vec<u8> = (0..8u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
+        for pipes_available in [false, true] {
+            let (client_far, client) = pair().await;
+            let (backend, backend_far) = pair().await;
+            let held: Vec<Pipe> = if pipes_available {
+                Vec::new()
+            } else {
+                std::iter::from_fn(|| Pipe::new().ok()).collect()
+            };
+            assert_eq!(Pipe::new().is_ok(), pipes_available);
+            let counters = ByteCounters {
+                to_backend: IntCounter::new("up", "up").unwrap(),
+                to_client: IntCounter::new("down", "down").unwrap(),
+                spliced: IntCounter::new("spliced", "spliced").unwrap(),
+            };
+            let (mut client_far, mut backend_far) = (client_far, backend_far);
+            let sent = payload.clone();
+            let writer = tokio::spawn(async move {
+                client_far.write_all(&sent).await.unwrap();
+                client_far.shutdown().await.unwrap();
+                client_far
+            });
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                backend_far.read_to_end(&mut got).await.unwrap();
+                backend_far.shutdown().await.unwrap();
+                got
+            });
+            let ended = tunnel(
+                &client,
+                &backend,
+                Mode::Splice,
+                Duration::from_secs(30),
+                &counters,
+                std::future::pending::<()>(),
+            )
+            .await;
+            let got = reader.await.unwrap();
+            drop(writer.await.unwrap());
+            drop(held);
+            assert_eq!(ended, Ended::Done);
+            assert!(
+                got == payload,
+                "bytes arrived changed ({} bytes)",
+                got.len()
+            );
+            assert_eq!(counters.to_backend.get(), payload.len() as u64);
+            let spliced = counters.spliced.get();
+            if pipes_available {
+                assert!(spliced > 0, "nothing spliced with pipes to be had");
+            } else {
+                assert_eq!(spliced, 0, "spliced without a pipe");
+            }
+        }
+    }
+}

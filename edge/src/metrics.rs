@@ -22,6 +22,33 @@ const HELLO_SIZE_BUCKETS: &[f64] = &[
     256.0, 512.0, 1024.0, 1536.0, 2048.0, 4096.0, 8192.0, 16384.0,
 ];
 
+/// A one-label counter family whose every label value is known up front
+/// and counted once per connection: the children are resolved at start (a
+/// short scan instead of hashing the label and locking the family each
+/// time), and every series is exported from 0.
+#[derive(Debug, Clone)]
+struct Resolved {
+    family: IntCounterVec,
+    children: Vec<(&'static str, IntCounter)>,
+}
+
+impl Resolved {
+    fn new(family: IntCounterVec, labels: &[&'static str]) -> Resolved {
+        let children = labels
+            .iter()
+            .map(|l| (*l, family.with_label_values(&[l])))
+            .collect();
+        Resolved { family, children }
+    }
+
+    fn inc(&self, label: &str) {
+        match self.children.iter().find(|(l, _)| *l == label) {
+            Some((_, c)) => c.inc(),
+            None => self.family.with_label_values(&[label]).inc(),
+        }
+    }
+}
+
 /// The edge's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -35,7 +62,7 @@ pub struct Metrics {
     pub bytes_spliced: IntCounter,
     pub peek_seconds: Histogram,
     pub hello_bytes: Histogram,
-    alpn: IntCounterVec,
+    alpn: Resolved,
     pub connect_seconds: Histogram,
     pub connect_failures: IntCounter,
     pub table_version: IntGauge,
@@ -45,7 +72,7 @@ pub struct Metrics {
     pub listeners_unbound: IntGauge,
     reloads: IntCounterVec,
     accept_errors: IntCounterVec,
-    tunnels_closed: IntCounterVec,
+    tunnels_closed: Resolved,
     pub log_lines_suppressed: IntCounter,
 }
 
@@ -101,13 +128,16 @@ impl Metrics {
                 )
                 .buckets(HELLO_SIZE_BUCKETS.to_vec())
             )),
-            alpn: reg!(IntCounterVec::new(
-                Opts::new(
-                    "edge_client_hello_alpn_total",
-                    "ClientHellos by first offered ALPN protocol (h2, http_1_1, other, none)."
-                ),
-                &["alpn"]
-            )),
+            alpn: Resolved::new(
+                reg!(IntCounterVec::new(
+                    Opts::new(
+                        "edge_client_hello_alpn_total",
+                        "ClientHellos by first offered ALPN protocol (h2, http_1_1, other, none)."
+                    ),
+                    &["alpn"]
+                )),
+                &["h2", "http_1_1", "other", "none"],
+            ),
             connect_seconds: reg!(Histogram::with_opts(
                 HistogramOpts::new(
                     "edge_backend_connect_seconds",
@@ -150,13 +180,16 @@ impl Metrics {
                 ),
                 &["kind"]
             )),
-            tunnels_closed: reg!(IntCounterVec::new(
-                Opts::new(
-                    "edge_tunnels_closed_total",
-                    "Established tunnels closed, by cause."
-                ),
-                &["cause"]
-            )),
+            tunnels_closed: Resolved::new(
+                reg!(IntCounterVec::new(
+                    Opts::new(
+                        "edge_tunnels_closed_total",
+                        "Established tunnels closed, by cause."
+                    ),
+                    &["cause"]
+                )),
+                &["done", "error", "idle_timeout", "route_deleted"],
+            ),
             log_lines_suppressed: reg!(IntCounter::new(
                 "edge_log_lines_suppressed_total",
                 "Rejection log lines dropped by the log rate limit (still counted above)."
@@ -170,7 +203,7 @@ impl Metrics {
     }
 
     pub fn alpn(&self, label: &str) {
-        self.alpn.with_label_values(&[label]).inc();
+        self.alpn.inc(label);
     }
 
     pub fn reload(&self, result: &str) {
@@ -182,7 +215,7 @@ impl Metrics {
     }
 
     pub fn tunnel_closed(&self, cause: &str) {
-        self.tunnels_closed.with_label_values(&[cause]).inc();
+        self.tunnels_closed.inc(cause);
     }
 
     /// The Prometheus text exposition of every family.

@@ -134,7 +134,8 @@ pub async fn run(path: PathBuf, mut config: Config) -> Result<(), StartError> {
         }
     }
     notify::ready();
-    tracing::info!(admin = %config.admin.listen, pid = std::process::id(), version = env!("CARGO_PKG_VERSION"), "edge started");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(admin = %config.admin.listen, pid = std::process::id(), workers, version = env!("CARGO_PKG_VERSION"), "edge started");
 
     let handed_over = loop {
         tokio::select! {

@@ -246,11 +246,31 @@ impl Edge {
 
     /// As [`Edge::spawn`], with extra environment variables.
     pub fn spawn_env(toml: &Toml, extra_args: &[&str], envs: &[(&str, &str)]) -> Edge {
+        Edge::spawn_with(Command::new(edge_bin()), toml, extra_args, envs)
+    }
+
+    /// Starts the edge on the CPUs of `cpus` only (`taskset -c`, which
+    /// execs the edge: the child's PID is the edge's) and waits until
+    /// it is ready.
+    pub async fn start_pinned(toml: &Toml, cpus: &str) -> Edge {
+        let mut taskset = Command::new("taskset");
+        taskset.args(["-c", cpus]).arg(edge_bin());
+        let edge = Edge::spawn_with(taskset, toml, &[], &[]);
+        edge.wait_ready().await;
+        edge
+    }
+
+    fn spawn_with(
+        mut command: Command,
+        toml: &Toml,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Edge {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("edge.toml");
         std::fs::write(&config, toml.render()).expect("write edge.toml");
         let log = std::fs::File::create(dir.path().join("edge.log")).expect("log file");
-        let child = Command::new(edge_bin())
+        let child = command
             .args(extra_args)
             .arg("--config")
             .arg(&config)

@@ -90,9 +90,21 @@ pub async fn tunnel(
     counters: &ByteCounters,
     withdrawn: impl std::future::Future<Output = ()>,
 ) -> Ended {
-    let shared = Direction::shared();
-    let upstream = Direction::new(client, backend, &counters.to_backend, counters, &shared);
-    let downstream = Direction::new(backend, client, &counters.to_client, counters, &shared);
+    let shared = TunnelState::new();
+    let upstream = Direction {
+        from: client,
+        to: backend,
+        counter: &counters.to_backend,
+        spliced: &counters.spliced,
+        state: &shared,
+    };
+    let downstream = Direction {
+        from: backend,
+        to: client,
+        counter: &counters.to_client,
+        spliced: &counters.spliced,
+        state: &shared,
+    };
     let both = async { tokio::try_join!(upstream.run(mode), downstream.run(mode)) };
     tokio::select! {
         result = both => match result {
@@ -111,6 +123,15 @@ struct TunnelState {
     one_done: AtomicBool,
 }
 
+impl TunnelState {
+    fn new() -> TunnelState {
+        TunnelState {
+            activity: Activity::new(),
+            one_done: AtomicBool::new(false),
+        }
+    }
+}
+
 /// One direction of a tunnel: `from`'s bytes go to `to`.
 pub(crate) struct Direction<'a> {
     pub(crate) from: &'a TcpStream,
@@ -120,30 +141,7 @@ pub(crate) struct Direction<'a> {
     state: &'a TunnelState,
 }
 
-impl<'a> Direction<'a> {
-    fn shared() -> TunnelState {
-        TunnelState {
-            activity: Activity::new(),
-            one_done: AtomicBool::new(false),
-        }
-    }
-
-    fn new(
-        from: &'a TcpStream,
-        to: &'a TcpStream,
-        counter: &'a IntCounter,
-        counters: &'a ByteCounters,
-        state: &'a TunnelState,
-    ) -> Self {
-        Direction {
-            from,
-            to,
-            counter,
-            spliced: &counters.spliced,
-            state,
-        }
-    }
-
+impl Direction<'_> {
     /// Copies until EOF or, in splice mode, until a read fills the buffer
     /// and splicing takes over.
     async fn run(&self, mode: Mode) -> io::Result<()> {

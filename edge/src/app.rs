@@ -220,7 +220,7 @@ impl App {
                 ),
             };
             let ready = listener.and_then(|l| {
-                l.set_nonblocking(true)?;
+                let l = listen::prepare(l)?;
                 let dup = l.try_clone()?;
                 Ok((tokio::net::TcpListener::from_std(l)?, dup))
             });

@@ -45,14 +45,18 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener>
     Ok(socket.into())
 }
 
+/// Readies a listener, freshly bound or inherited from the previous
+/// process, for [`accept_loop`]: non-blocking, and `TCP_NODELAY`, which
+/// Linux copies to every socket the listener accepts (one system call per
+/// listener instead of one per connection).
+pub fn prepare(listener: std::net::TcpListener) -> io::Result<std::net::TcpListener> {
+    listener.set_nonblocking(true)?;
+    socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
+    Ok(listener)
+}
+
 /// Accepts on `listener` (bound to `addr`) until the task is aborted.
 pub async fn accept_loop(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared>) {
-    // Linux copies TCP_NODELAY from the listener to every socket it
-    // accepts: set once here (on bound and inherited listeners alike), it
-    // saves a system call per connection.
-    if let Err(e) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
-        tracing::warn!(%addr, error = %e, "cannot set TCP_NODELAY on the listener");
-    }
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -98,11 +102,9 @@ fn fd_exhausted(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn accepted_sockets_inherit_nodelay_from_the_listener() {
-        let listener = super::bind("[::1]:0".parse().unwrap(), 8).unwrap();
-        socket2::SockRef::from(&listener)
-            .set_tcp_nodelay(true)
-            .unwrap();
+    fn accepted_sockets_have_nodelay_from_the_prepared_listener() {
+        let bound = super::bind("[::1]:0".parse().unwrap(), 8).unwrap();
+        let listener = super::prepare(bound).unwrap();
         listener.set_nonblocking(false).unwrap();
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, _) = listener.accept().unwrap();

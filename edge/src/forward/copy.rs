@@ -15,9 +15,7 @@
 
 use std::io;
 
-use tokio::io::Interest;
-
-use super::{write_all, Direction};
+use super::{send_all, write_all, Direction};
 
 /// Bytes moved per read: one TLS record plus headroom, so a full record
 /// moves in one read/write pair. Held only while bytes are in flight.
@@ -58,7 +56,8 @@ pub(crate) async fn chunk(dir: &Direction<'_>, read_closed: bool) -> io::Result<
         // The read the next round would make, made now: 0 confirms EOF.
         match dir.from.try_read(&mut buf[n..]) {
             Ok(0) => {
-                let queued = write_all_more(dir, &buf[..n]).await;
+                // Queued, not sent, until the half-close.
+                let queued = send_all(dir.to, &buf[..n], libc::MSG_MORE).await;
                 pool::give(buf);
                 queued?;
                 dir.moved(n);
@@ -75,22 +74,6 @@ pub(crate) async fn chunk(dir: &Direction<'_>, read_closed: bool) -> io::Result<
     written?;
     dir.moved(n);
     Ok(Chunk::Moved { full })
-}
-
-/// `write_all` with `MSG_MORE`: queued, not sent, until the half-close.
-async fn write_all_more(dir: &Direction<'_>, mut bytes: &[u8]) -> io::Result<()> {
-    let sock = socket2::SockRef::from(dir.to);
-    while !bytes.is_empty() {
-        let sent = dir.to.try_io(Interest::WRITABLE, || {
-            sock.send_with_flags(bytes, libc::MSG_MORE | libc::MSG_NOSIGNAL)
-        });
-        match sent {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dir.to.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Copy buffers, pooled per worker thread. A task may take a buffer on one

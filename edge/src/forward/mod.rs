@@ -147,21 +147,27 @@ impl Direction<'_> {
     async fn run(&self, mode: Mode) -> io::Result<()> {
         loop {
             let ready = self.from.ready(Interest::READABLE).await?;
-            match copy::chunk(self, ready.is_read_closed()).await? {
-                Chunk::Nothing => {}
-                Chunk::Moved { full } => {
-                    if full && mode == Mode::Splice {
-                        return splice::pump(self).await;
-                    }
-                }
-                Chunk::Eof => {
-                    self.finish(false);
-                    return Ok(());
-                }
-                Chunk::LastQueued => {
-                    self.finish(true);
-                    return Ok(());
-                }
+            let chunk = copy::chunk(self, ready.is_read_closed()).await?;
+            if self.ended_after(chunk) {
+                return Ok(());
+            }
+            if chunk == (Chunk::Moved { full: true }) && mode == Mode::Splice {
+                return splice::pump(self).await;
+            }
+        }
+    }
+
+    /// Passes EOF on if `chunk` met it; `true` once the direction is over.
+    pub(crate) fn ended_after(&self, chunk: Chunk) -> bool {
+        match chunk {
+            Chunk::Moved { .. } | Chunk::Nothing => false,
+            Chunk::Eof => {
+                self.finish(false);
+                true
+            }
+            Chunk::LastQueued => {
+                self.finish(true);
+                true
             }
         }
     }
@@ -192,9 +198,19 @@ impl Direction<'_> {
 }
 
 /// Writes all of `bytes` to `to`, waiting for room as needed.
-pub(crate) async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_all(to: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+    send_all(to, bytes, 0).await
+}
+
+/// `send(2)`s all of `bytes` with `flags` (and `MSG_NOSIGNAL`), waiting
+/// for room as needed.
+pub(crate) async fn send_all(to: &TcpStream, mut bytes: &[u8], flags: i32) -> io::Result<()> {
+    let sock = socket2::SockRef::from(to);
     while !bytes.is_empty() {
-        match to.try_write(bytes) {
+        let sent = to.try_io(Interest::WRITABLE, || {
+            sock.send_with_flags(bytes, flags | libc::MSG_NOSIGNAL)
+        });
+        match sent {
             Ok(n) => bytes = &bytes[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
             Err(e) => return Err(e),

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 
-use super::copy::{self, Chunk};
+use super::copy;
 use super::Direction;
 
 /// Bytes one pipe holds: `fs.pipe-max-size`'s default, the most an
@@ -47,16 +47,18 @@ const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 /// Splices until `from` sends EOF, then half-closes `to`.
 pub(crate) async fn pump(dir: &Direction<'_>) -> io::Result<()> {
     loop {
-        dir.from.readable().await?;
+        let ready = dir.from.ready(Interest::READABLE).await?;
         let ended = match pool::take() {
-            Ok(pipe) => !chunk(dir, pipe).await?,
-            Err(_) => match copy::chunk(dir, false).await? {
-                Chunk::Moved { .. } | Chunk::Nothing => false,
-                Chunk::Eof | Chunk::LastQueued => true,
-            },
+            Ok(pipe) => {
+                let ended = !chunk(dir, pipe).await?;
+                if ended {
+                    dir.finish(false);
+                }
+                ended
+            }
+            Err(_) => dir.ended_after(copy::chunk(dir, ready.is_read_closed()).await?),
         };
         if ended {
-            dir.finish(false);
             return Ok(());
         }
     }

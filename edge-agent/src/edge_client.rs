@@ -74,6 +74,7 @@ impl EdgeClient {
         let request = PushRequest {
             source_version,
             routing_json,
+            ..PushRequest::default()
         };
         let result = self.client().await?.push(request).await;
         self.keep_if_ok(result)

@@ -19,7 +19,8 @@ pub mod feed {
     pub use crate::v1::event_feed_client::EventFeedClient;
     pub use crate::v1::event_feed_server::{EventFeed, EventFeedServer};
     pub use crate::v1::{
-        Event, EventBatch, ReportAppliedRequest, ReportAppliedResponse, SubscribeRequest,
+        AppliedRejection, Event, EventBatch, ReportAppliedRequest, ReportAppliedResponse,
+        SubscribeRequest,
     };
 }
 

@@ -123,6 +123,7 @@ impl Control for ControlService {
             listeners: u32::try_from(live.table.listeners().count()).unwrap_or(u32::MAX),
             ready: shared.ready(),
             rejected: u32::try_from(live.errors.len()).unwrap_or(u32::MAX),
+            ..StatusResponse::default()
         }))
     }
 }

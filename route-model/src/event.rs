@@ -29,6 +29,9 @@ pub struct Event {
 pub struct EventBatch {
     pub head: u64,
     pub events: Vec<Event>,
+    /// The identity of the event log (contract §2), when the feed sends one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed_id: Option<String>,
 }
 
 /// What an event means for the routing state.

@@ -132,6 +132,7 @@ impl Feed {
         EventBatch {
             head: log.events.last().map_or(0, |e| e.event_id),
             events,
+            feed_id: None,
         }
     }
 

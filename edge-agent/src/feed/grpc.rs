@@ -75,6 +75,7 @@ impl GrpcFeed {
         let request = ReportAppliedRequest {
             node_id: node_id.to_owned(),
             event_id,
+            rejected: Vec::new(),
         };
         match self.client.report_applied(request).await {
             Ok(_) => Ok(()),
@@ -89,6 +90,7 @@ fn convert(batch: v1::EventBatch) -> EventBatch {
     EventBatch {
         head: batch.head,
         events: batch.events.into_iter().map(event).collect(),
+        feed_id: Some(batch.feed_id).filter(|id| !id.is_empty()),
     }
 }
 

@@ -85,6 +85,7 @@ async fn stream(
                 .send(Ok(v1::EventBatch {
                     head: batch.head,
                     events,
+                    feed_id: String::new(),
                 }))
                 .await
                 .is_err()

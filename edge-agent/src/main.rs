@@ -110,7 +110,11 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        // A log line that cannot be written (stderr closed: a pipe whose
+        // reader left, a journald hiccup) is dropped. The default reports
+        // it with eprintln!, which panics on the same closed stderr.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -120,10 +120,24 @@ impl Agent {
                         .inc();
                 }
                 Stop::Feed { endpoint, error } => {
-                    tracing::warn!(
-                        transport = transport.as_str(),
-                        "feed unreachable: {endpoint}: {error}"
-                    );
+                    let tls = match (&self.config.tls, transport, &error) {
+                        (
+                            Some(tls),
+                            Transport::Grpc,
+                            FeedError::Grpc(_) | FeedError::Connect { .. },
+                        ) => tls.probe(&endpoint).await,
+                        _ => None,
+                    };
+                    match tls {
+                        Some(cause) => tracing::warn!(
+                            transport = transport.as_str(),
+                            "feed unreachable: {endpoint}: {error}; TLS: {cause}"
+                        ),
+                        None => tracing::warn!(
+                            transport = transport.as_str(),
+                            "feed unreachable: {endpoint}: {error}"
+                        ),
+                    }
                     self.metrics.set_up("feed", false);
                     self.metrics
                         .reconnects
@@ -239,12 +253,14 @@ impl Agent {
             };
             self.metrics.set_up("feed", true);
             self.watchdog.pet();
+            if let Some(stop) = self.absorb(&batch) {
+                return stop;
+            }
+            // A refused batch keeps the backoff growing: a feed that keeps
+            // sending it is not re-read in a tight loop.
             self.backoff.reset();
             if transport == Transport::Grpc {
                 self.grpc_failures = 0;
-            }
-            if let Some(stop) = self.absorb(&batch) {
-                return stop;
             }
             // Coalesce what has already arrived. A failure here still lets
             // the events received so far be pushed before reconnecting.

@@ -190,7 +190,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| http(chain(&e)))?;
-        tokio::spawn(conn);
+        // The connection's own error carries the cause (a TLS alert such
+        // as CertificateRequired); the request only sees "not ready".
+        let conn = tokio::spawn(conn);
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -201,10 +203,16 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| http(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| http(chain(&e)))?;
+        let response = match sender.send_request(request).await {
+            Ok(r) => r,
+            Err(e) => {
+                let cause = match tokio::time::timeout(Duration::from_secs(1), conn).await {
+                    Ok(Ok(Err(conn_error))) => chain(&conn_error),
+                    _ => chain(&e),
+                };
+                return Err(http(cause));
+            }
+        };
         let status = response.status();
         let bytes = Limited::new(response.into_body(), MAX_BODY_BYTES)
             .collect()

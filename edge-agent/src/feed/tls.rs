@@ -108,6 +108,51 @@ impl FeedTls {
     }
 }
 
+/// How long a diagnostic handshake may take.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl FeedTls {
+    /// After a gRPC failure: one TLS handshake to `endpoint`
+    /// (`https://host:port[/...]`) with the same trust and identity, and a
+    /// read, to name what the TLS layer refused (an unknown issuer, or the
+    /// server's alert for a missing client certificate), which tonic's
+    /// error hides behind "connection closed". `None`: TLS is fine.
+    pub async fn probe(&self, endpoint: &str) -> Option<String> {
+        use tokio::io::AsyncReadExt;
+        let authority = endpoint.strip_prefix("https://")?.split('/').next()?;
+        let host = match authority.strip_prefix('[') {
+            Some(rest) => rest.split(']').next()?,
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned()).ok()?;
+        let mut config = (*self.rustls).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let probe = async {
+            let tcp = tokio::net::TcpStream::connect(authority).await.ok()?;
+            let mut tls = match tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+            {
+                Ok(tls) => tls,
+                Err(e) => return Some(crate::feed::chain(&e)),
+            };
+            // TLS 1.3: the server judges the client certificate after the
+            // client's handshake is done; its verdict arrives as an alert.
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(std::time::Duration::from_millis(500), tls.read(&mut byte))
+                .await
+            {
+                Ok(Err(e)) => Some(crate::feed::chain(&e)),
+                _ => None,
+            }
+        };
+        tokio::time::timeout(PROBE_TIMEOUT, probe)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::feed::tls::FeedTls;
+
 /// Why `agent.toml` cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -30,10 +32,12 @@ pub enum ConfigError {
 pub struct Config {
     pub node_id: String,
     pub state_dir: PathBuf,
-    /// gRPC endpoints (`http://host:port`), tried in order.
+    /// gRPC endpoints (`http://` or `https://host:port`), tried in order.
     pub grpc: Vec<String>,
-    /// Polling base URL (`http://host:port`), the fallback.
+    /// Polling base URL (`http://` or `https://host:port`), the fallback.
     pub poll: Option<PollUrl>,
+    /// mTLS to the control plane, for the `https://` endpoints.
+    pub tls: Option<FeedTls>,
     pub poll_interval: Duration,
     pub poll_limit: usize,
     pub control_socket: PathBuf,
@@ -42,9 +46,11 @@ pub struct Config {
     pub grpc_failures_before_poll: u32,
 }
 
-/// `http://host:port[/prefix]`, split once so requests need no URL parser.
+/// `http[s]://host:port[/prefix]`, split once so requests need no URL
+/// parser.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollUrl {
+    pub https: bool,
     pub authority: String,
     pub prefix: String,
 }
@@ -66,13 +72,21 @@ struct RawFeed {
     #[serde(default)]
     grpc: Vec<String>,
     poll: Option<String>,
-    tls: Option<toml::Value>,
+    tls: Option<RawTls>,
     #[serde(default = "default_poll_interval_ms")]
     poll_interval_ms: u64,
     #[serde(default = "default_poll_limit")]
     poll_limit: usize,
     #[serde(default = "default_grpc_failures")]
     grpc_failures_before_poll: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -131,22 +145,34 @@ impl Config {
         if raw.node_id.trim().is_empty() {
             return Err(invalid("node_id", "must not be empty".into()));
         }
-        if raw.feed.tls.is_some() {
-            return Err(invalid(
-                "feed.tls",
-                "mTLS to the control plane is not supported by this build; terminate it in a local sidecar".into(),
-            ));
-        }
-        for url in &raw.feed.grpc {
-            if !url.starts_with("http://") {
-                return Err(invalid(
-                    "feed.grpc",
-                    format!("{url:?}: only http:// endpoints are supported"),
-                ));
+        let tls = match &raw.feed.tls {
+            None => None,
+            Some(t) => {
+                let identity = match (&t.cert, &t.key) {
+                    (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+                    (None, None) => None,
+                    (Some(_), None) => return Err(invalid("feed.tls.key", "set with cert".into())),
+                    (None, Some(_)) => return Err(invalid("feed.tls.cert", "set with key".into())),
+                };
+                let loaded = FeedTls::load(&t.ca, identity).map_err(|e| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    field: e.field,
+                    message: format!("{}: {}", e.path.display(), e.message),
+                })?;
+                Some(loaded)
             }
+        };
+        for url in &raw.feed.grpc {
+            let https = scheme(url).map_err(|m| invalid("feed.grpc", m))?;
+            check_tls(url, https, tls.is_some()).map_err(|m| invalid("feed.grpc", m))?;
         }
         let poll = match raw.feed.poll {
-            Some(url) => Some(PollUrl::parse(&url).map_err(|m| invalid("feed.poll", m))?),
+            Some(url) => {
+                let parsed = PollUrl::parse(&url).map_err(|m| invalid("feed.poll", m))?;
+                check_tls(&url, parsed.https, tls.is_some())
+                    .map_err(|m| invalid("feed.poll", m))?;
+                Some(parsed)
+            }
             None => None,
         };
         if raw.feed.grpc.is_empty() && poll.is_none() {
@@ -163,6 +189,7 @@ impl Config {
             state_dir: raw.state_dir,
             grpc: raw.feed.grpc,
             poll,
+            tls,
             poll_interval: Duration::from_millis(raw.feed.poll_interval_ms),
             poll_limit: raw.feed.poll_limit,
             control_socket: raw.edge.control_socket,
@@ -172,11 +199,33 @@ impl Config {
     }
 }
 
+/// Whether `url` is `https://` (true) or `http://` (false).
+fn scheme(url: &str) -> Result<bool, String> {
+    if url.starts_with("https://") {
+        Ok(true)
+    } else if url.starts_with("http://") {
+        Ok(false)
+    } else {
+        Err(format!("{url:?}: not http:// or https://"))
+    }
+}
+
+/// `https://` needs `feed.tls`; with `feed.tls` set, plaintext is refused
+/// (a typo must not send the feed's traffic in clear).
+fn check_tls(url: &str, https: bool, tls: bool) -> Result<(), String> {
+    match (https, tls) {
+        (true, false) => Err(format!(
+            "{url:?}: https:// needs feed.tls = {{ ca, cert, key }}"
+        )),
+        (false, true) => Err(format!("{url:?}: feed.tls is set, use https://")),
+        _ => Ok(()),
+    }
+}
+
 impl PollUrl {
     pub fn parse(url: &str) -> Result<PollUrl, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{url:?}: only http:// is supported"))?;
+        let https = scheme(url)?;
+        let rest = &url[if https { 8 } else { 7 }..];
         let (authority, prefix) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
             None => (rest, ""),
@@ -185,6 +234,7 @@ impl PollUrl {
             return Err(format!("{url:?}: no host"));
         }
         Ok(PollUrl {
+            https,
             authority: authority.to_owned(),
             prefix: prefix.to_owned(),
         })
@@ -234,6 +284,39 @@ control_socket = "/run/edge/control.sock"
         let e = Config::parse(&https, Path::new("a.toml"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("feed.poll"), "{e}");
+        assert!(e.contains("feed.poll") && e.contains("feed.tls"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_are_read_at_load_and_named_when_unusable() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let with_tls = |tls: &str| {
+            CONTRACT
+                .replace("http://", "https://")
+                .replace("[edge]", &format!("tls = {tls}\n\n[edge]"))
+        };
+        let missing = with_tls(r#"{ ca = "/nonexistent/ca.pem", cert = "/x", key = "/y" }"#);
+        let e = Config::parse(&missing, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("feed.tls.ca") && e.contains("/nonexistent/ca.pem"),
+            "{e}"
+        );
+        let empty = with_tls(&format!("{{ ca = {:?} }}", ca));
+        let e = Config::parse(&empty, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("feed.tls.ca") && e.contains("no certificate"),
+            "{e}"
+        );
+        let half = with_tls(&format!("{{ ca = {:?}, cert = \"/x\" }}", ca));
+        let e = Config::parse(&half, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("feed.tls.key"), "{e}");
     }
 }

@@ -8,6 +8,7 @@ use edge_agent::config::Config;
 use edge_agent::metrics::{self, Metrics};
 use edge_agent::store::Store;
 use edge_agent::sync::Agent;
+use edge_agent::watchdog::Watchdog;
 
 const EXIT_USAGE: u8 = 64;
 const EXIT_START: u8 = 70;
@@ -61,8 +62,11 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_START);
             }
         };
-        let state = match store.load() {
-            Ok(s) => s,
+        let now_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (start, aside) = match store.load(now_secs) {
+            Ok(loaded) => loaded,
             Err(e) => {
                 tracing::error!(error = %e, "cannot load the saved state");
                 return ExitCode::from(EXIT_START);
@@ -76,10 +80,19 @@ fn main() -> ExitCode {
             }
         };
         let metrics = Metrics::new();
+        if let Some(aside) = &aside {
+            metrics.state_unreadable.inc();
+            tracing::error!(path = %store.path().display(), moved_to = %aside.moved_to.display(),
+                why = %aside.why, "saved state unreadable; kept aside, catching up from the feed");
+        }
         tokio::spawn(metrics::serve(listener, metrics.clone()));
-        tracing::info!(node_id = %config.node_id, cursor = state.cursor(), metrics = %config.metrics_listen, "edge-agent started");
+        let cursor = match &start {
+            edge_agent::reconcile::Start::Saved(s) => s.state.cursor(),
+            _ => 0,
+        };
+        tracing::info!(node_id = %config.node_id, cursor, metrics = %config.metrics_listen, "edge-agent started");
         notify_ready();
-        let agent = Agent::new(config, metrics, store, state);
+        let agent = Agent::new(config, metrics, store, start, Watchdog::from_env());
         tokio::select! {
             _ = agent.run() => {}
             _ = shutdown() => tracing::info!("edge-agent stopping"),
@@ -122,21 +135,9 @@ fn init_logging(format: LogFormat) {
 }
 
 /// systemd `Type=notify`: ready once the state is loaded and /metrics is
-/// bound; `WATCHDOG=1` at half of `WatchdogSec` if the unit sets one.
+/// bound. The watchdog is the sync loop's ([`Watchdog`]).
 fn notify_ready() {
-    use sd_notify::NotifyState;
-    if let Err(e) = sd_notify::notify(false, &[NotifyState::Ready]) {
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "sd_notify READY failed");
-    }
-    let mut usec = 0;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        let period = std::time::Duration::from_micros(usec / 2);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            loop {
-                tick.tick().await;
-                let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
-            }
-        });
     }
 }

@@ -9,8 +9,17 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use tokio::net::TcpListener;
+
+use crate::reconcile::{Anomaly, ResyncReason};
+
+/// `edge_agent_pushes_total` outcomes.
+pub const PUSH_OUTCOMES: [&str; 4] = ["ack", "nack", "error", "refused"];
+/// `edge_agent_up` endpoints.
+pub const ENDPOINTS: [&str; 2] = ["feed", "edge"];
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -21,9 +30,16 @@ pub struct Metrics {
     pub reconnects: IntCounterVec,
     pub pushes: IntCounterVec,
     pub nacks: IntCounter,
-    pub resyncs: IntCounter,
+    pub resyncs: IntCounterVec,
     pub events: IntCounterVec,
     pub transport: IntGauge,
+    pub catching_up: IntGauge,
+    pub catchup_events_left: IntGauge,
+    pub feed_foreign: IntGauge,
+    pub feed_errors: IntCounterVec,
+    pub hostname_moves: IntCounter,
+    pub state_unreadable: IntCounter,
+    pub up: IntGaugeVec,
     seconds_since_sync: IntGauge,
     /// Unix seconds of the last table the edge applied (0: never).
     last_sync: AtomicU64,
@@ -47,7 +63,7 @@ impl Metrics {
                 m
             }};
         }
-        Arc::new(Metrics {
+        let metrics = Arc::new(Metrics {
             cursor: reg!(IntGauge::new(
                 "edge_agent_cursor",
                 "Newest event_id the edge has applied."
@@ -67,17 +83,20 @@ impl Metrics {
             pushes: reg!(IntCounterVec::new(
                 Opts::new(
                     "edge_agent_pushes_total",
-                    "Table pushes to the edge, by result (ack, nack, error)."
+                    "Table pushes to the edge, by outcome (ack, nack, error, refused)."
                 ),
-                &["result"]
+                &["outcome"]
             )),
             nacks: reg!(IntCounter::new(
                 "edge_agent_nacks_total",
                 "Pushes the edge answered with rejected objects."
             )),
-            resyncs: reg!(IntCounter::new(
-                "edge_agent_resyncs_total",
-                "Resynchronisations from after=0 (aggregate_seq gaps)."
+            resyncs: reg!(IntCounterVec::new(
+                Opts::new(
+                    "edge_agent_resyncs_total",
+                    "Resynchronisations from after=0, by reason (gap, feed_changed, head_below_cursor, refused)."
+                ),
+                &["reason"]
             )),
             events: reg!(IntCounterVec::new(
                 Opts::new(
@@ -94,20 +113,76 @@ impl Metrics {
                 "edge_agent_seconds_since_sync",
                 "Seconds since the edge last applied a table from this agent (-1: never)."
             )),
+            catching_up: reg!(IntGauge::new(
+                "edge_agent_catching_up",
+                "1 while rebuilding from after=0 (nothing is pushed until the head seen first)."
+            )),
+            catchup_events_left: reg!(IntGauge::new(
+                "edge_agent_catchup_events_left",
+                "Events left before the rebuild reaches its target head."
+            )),
+            feed_foreign: reg!(IntGauge::new(
+                "edge_agent_feed_foreign",
+                "1 from a foreign cursor (another feed_id, or head below the cursor) until the resync completes."
+            )),
+            feed_errors: reg!(IntCounterVec::new(
+                Opts::new(
+                    "edge_agent_feed_errors_total",
+                    "Batches refused, by kind (out_of_order, beyond_head)."
+                ),
+                &["kind"]
+            )),
+            hostname_moves: reg!(IntCounter::new(
+                "edge_agent_hostname_moves_total",
+                "Hostnames that passed from one env to another."
+            )),
+            state_unreadable: reg!(IntCounter::new(
+                "edge_agent_state_unreadable_total",
+                "Saved states set aside as unreadable or of another format."
+            )),
+            up: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "edge_agent_up",
+                    "1 when the last call to the endpoint (feed, edge) succeeded."
+                ),
+                &["endpoint"]
+            )),
             last_sync: AtomicU64::new(0),
             registry,
-        })
+        });
+        // Every series exported from 0, so alerts see them before the
+        // first event.
+        for outcome in PUSH_OUTCOMES {
+            metrics.pushes.with_label_values(&[outcome]);
+        }
+        for reason in ResyncReason::ALL.iter().filter(|r| r.counted()) {
+            metrics.resyncs.with_label_values(&[reason.as_str()]);
+        }
+        for kind in Anomaly::KINDS {
+            metrics.feed_errors.with_label_values(&[kind]);
+        }
+        for endpoint in ENDPOINTS {
+            metrics.up.with_label_values(&[endpoint]);
+        }
+        metrics
     }
 
+    /// The edge applied a table up to `cursor`.
     pub fn synced(&self, cursor: u64) {
         self.cursor.set(cursor as i64);
-        self.lag.set((self.head.get() - cursor as i64).max(0));
+        self.lag.set(self.head.get() - cursor as i64);
         self.last_sync.store(now(), Ordering::Relaxed);
     }
 
+    /// The newest head seen; kept while the feed is unreachable. Lag is
+    /// `head - cursor`, negative when the log is behind the cursor.
     pub fn saw_head(&self, head: u64) {
         self.head.set(head as i64);
-        self.lag.set((head as i64 - self.cursor.get()).max(0));
+        self.lag.set(head as i64 - self.cursor.get());
+    }
+
+    pub fn set_up(&self, endpoint: &str, up: bool) {
+        self.up.with_label_values(&[endpoint]).set(i64::from(up));
     }
 
     pub fn render(&self) -> String {

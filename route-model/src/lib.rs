@@ -34,5 +34,5 @@ pub use name::{HostPattern, Hostname, NameError};
 pub use policy::{OverlayPolicy, PortPolicy, PortSet};
 pub use route::{HealthSource, Protocol, Route};
 pub use spec::{EnvSpec, InstanceSpec, RouteSpec, RoutingSpec};
-pub use state::{Applied, Gap, State};
+pub use state::{Applied, Gap, HostnameMove, State};
 pub use table::{compile, Compiled, Decision, Listener, RejectReason, RouteTable, TableRoute};

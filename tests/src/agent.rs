@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use crate::edge::{built_binary, get, metric_value};
 use crate::ports::free_port;
 
+pub mod fixture;
+
 /// Where the agent finds its feed and its edge.
 #[derive(Debug, Clone)]
 pub struct AgentToml {
@@ -18,6 +20,15 @@ pub struct AgentToml {
     pub control_socket: PathBuf,
     pub metrics: SocketAddr,
     pub poll_interval_ms: u64,
+    /// `[feed] tls`: the endpoints become `https://`.
+    pub tls: Option<AgentTls>,
+}
+
+/// `tls = { ca, cert, key }`; no identity presents no client certificate.
+#[derive(Debug, Clone)]
+pub struct AgentTls {
+    pub ca: PathBuf,
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 impl AgentToml {
@@ -30,16 +41,25 @@ impl AgentToml {
             control_socket: control_socket.into(),
             metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
             poll_interval_ms: 100,
+            tls: None,
         }
     }
 
     pub fn render(&self) -> String {
         let mut feed = String::new();
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         if let Some(g) = self.grpc {
-            feed.push_str(&format!("grpc = [\"http://{g}\"]\n"));
+            feed.push_str(&format!("grpc = [\"{scheme}://{g}\"]\n"));
         }
         if let Some(p) = self.poll {
-            feed.push_str(&format!("poll = \"http://{p}\"\n"));
+            feed.push_str(&format!("poll = \"{scheme}://{p}\"\n"));
+        }
+        if let Some(tls) = &self.tls {
+            feed.push_str(&format!("tls = {{ ca = {:?}", tls.ca));
+            if let Some((cert, key)) = &tls.identity {
+                feed.push_str(&format!(", cert = {cert:?}, key = {key:?}"));
+            }
+            feed.push_str(" }\n");
         }
         format!(
             "node_id = {:?}\nstate_dir = {:?}\n\n[feed]\n{feed}poll_interval_ms = {}\ngrpc_failures_before_poll = 2\n\n\
@@ -96,6 +116,21 @@ impl AgentProcess {
             Ok((200, body)) => metric_value(&body, name, labels),
             _ => 0.0,
         }
+    }
+
+    /// Waits up to `wait` for the agent to exit by itself.
+    pub async fn wait_exit(
+        &mut self,
+        wait: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        None
     }
 
     /// Stops the agent by PID (SIGKILL: the harshest restart).

@@ -65,6 +65,43 @@ impl TestCa {
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }
+
+    /// The CA certificate, PEM.
+    pub fn root_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// The CA certificate, DER.
+    pub fn root_der(&self) -> CertificateDer<'static> {
+        self.root.clone()
+    }
+
+    /// A leaf certificate for `names` (DNS names or IP addresses), usable
+    /// by a server or a client: `(chain DER, key DER, chain PEM, key PEM)`.
+    pub fn leaf(
+        &self,
+        names: &[&str],
+    ) -> (
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+        String,
+        String,
+    ) {
+        let key = KeyPair::generate().expect("leaf key");
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("leaf params");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("leaf cert");
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        (
+            vec![cert.der().clone()],
+            der,
+            cert.pem(),
+            key.serialize_pem(),
+        )
+    }
 }
 
 impl Default for TestCa {

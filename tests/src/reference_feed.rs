@@ -6,6 +6,12 @@
 //!
 //! Open streams are woken by a `watch` channel on every append, so a new
 //! event reaches them at once, with no polling loop.
+//!
+//! Beyond the contract, what tests need to play a control plane going
+//! wrong: a settable `feed_id`, a log truncated as if restored from a
+//! backup, a log replaced by another, events appended exactly as given
+//! (out of order, beyond the head), a head that lies, and mTLS serving
+//! that requires a client certificate ([`tls`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,9 +22,10 @@ use tokio::sync::watch;
 
 mod grpc;
 mod http;
+pub mod tls;
 
-pub use grpc::serve_grpc;
-pub use http::serve_http;
+pub use grpc::{serve_grpc, serve_grpc_tls};
+pub use http::{serve_http, serve_http_tls};
 
 /// Events per gRPC message or polling page when the client sets no limit.
 pub const PAGE: usize = 500;
@@ -38,14 +45,36 @@ pub struct Request {
     pub after: u64,
 }
 
+/// An object a node reported as rejected by its edge.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct RejectedReport {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Default)]
 struct Log {
     events: Vec<Event>,
     seqs: HashMap<(String, String), u64>,
     requests: Vec<Request>,
     applied: HashMap<String, u64>,
+    rejected: HashMap<String, Vec<RejectedReport>>,
     fail_streams_after: Option<usize>,
     grpc_unavailable: bool,
+    feed_id: Option<String>,
+    /// A head to report instead of the newest event_id (fault injection).
+    reported_head: Option<u64>,
+    /// Bumped when the log is truncated or replaced: open streams end, as
+    /// they would when a control plane is restored.
+    epoch: u64,
+}
+
+impl Log {
+    /// The greatest `event_id` (the last one, unless appended raw).
+    fn newest(&self) -> u64 {
+        self.events.iter().map(|e| e.event_id).max().unwrap_or(0)
+    }
 }
 
 /// The in-memory log. Share it as `Arc<Feed>`.
@@ -119,21 +148,99 @@ impl Feed {
         id
     }
 
+    /// Appends `events` exactly as given, at once, in log order, even out
+    /// of `event_id` order or beyond the head (fault injection).
+    pub fn append_raw(&self, events: Vec<Event>) {
+        let mut log = self.log();
+        let Some(last) = events.iter().map(|e| e.event_id).max() else {
+            return;
+        };
+        for e in events {
+            let seq = log
+                .seqs
+                .entry((e.aggregate_type.clone(), e.aggregate_id.clone()))
+                .or_insert(0);
+            *seq = (*seq).max(e.aggregate_seq);
+            log.events.push(e);
+        }
+        let head = log.newest().max(last);
+        drop(log);
+        self.head.send_replace(head);
+    }
+
     /// The newest `event_id` (0 when empty).
     pub fn head(&self) -> u64 {
         *self.head.borrow()
     }
 
-    /// Events after `after`, at most `limit`, with the head.
+    /// Events after `after` (from the first one in log order with a
+    /// greater `event_id`), at most `limit`, with the head and `feed_id`.
     pub fn page(&self, after: u64, limit: usize) -> EventBatch {
         let log = self.log();
-        let start = log.events.partition_point(|e| e.event_id <= after);
+        let start = log
+            .events
+            .iter()
+            .position(|e| e.event_id > after)
+            .unwrap_or(log.events.len());
         let events = log.events[start..].iter().take(limit).cloned().collect();
         EventBatch {
-            head: log.events.last().map_or(0, |e| e.event_id),
+            head: log.reported_head.unwrap_or_else(|| log.newest()),
             events,
-            feed_id: None,
+            feed_id: log.feed_id.clone(),
         }
+    }
+
+    /// The identity of the log, sent with every batch (`None`: none).
+    pub fn set_feed_id(&self, feed_id: Option<&str>) {
+        self.log().feed_id = feed_id.map(str::to_owned);
+    }
+
+    /// Reports `head` instead of the newest event_id (fault injection).
+    pub fn set_reported_head(&self, head: Option<u64>) {
+        self.log().reported_head = head;
+    }
+
+    /// Keeps only the events up to `event_id`, as a log restored from a
+    /// backup taken then; open streams end.
+    pub fn truncate(&self, event_id: u64) {
+        let mut log = self.log();
+        log.events.retain(|e| e.event_id <= event_id);
+        let mut seqs = HashMap::new();
+        for e in &log.events {
+            seqs.insert(
+                (e.aggregate_type.clone(), e.aggregate_id.clone()),
+                e.aggregate_seq,
+            );
+        }
+        log.seqs = seqs;
+        log.epoch += 1;
+        let head = log.events.last().map_or(0, |e| e.event_id);
+        drop(log);
+        self.head.send_replace(head);
+    }
+
+    /// Replaces the log by an empty one named `feed_id` (another control
+    /// plane's log); open streams end.
+    pub fn replace(&self, feed_id: Option<&str>) {
+        self.truncate(0);
+        self.set_feed_id(feed_id);
+    }
+
+    fn epoch(&self) -> u64 {
+        self.log().epoch
+    }
+
+    /// What `node_id` last reported as rejected (with its applied cursor).
+    pub fn rejected(&self, node_id: &str) -> Vec<RejectedReport> {
+        self.log()
+            .rejected
+            .get(node_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn record_rejected(&self, node_id: &str, rejected: Vec<RejectedReport>) {
+        self.log().rejected.insert(node_id.into(), rejected);
     }
 
     /// Every subscription and poll so far, in order.
@@ -163,8 +270,9 @@ impl Feed {
     /// A node reports the newest `event_id` its edge serves.
     pub fn report_applied(&self, node_id: &str, event_id: u64) {
         let mut log = self.log();
-        let entry = log.applied.entry(node_id.into()).or_insert(0);
-        *entry = (*entry).max(event_id);
+        // The latest report, not the highest: after a restore from a
+        // backup a node's cursor goes down with the log.
+        log.applied.insert(node_id.into(), event_id);
         drop(log);
         self.applied.send_replace(());
     }

@@ -8,10 +8,15 @@ use route_model::{Event, EventBatch};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
-use super::FeedError;
+use super::tls::FeedTls;
+use super::{FeedError, CONNECT_TIMEOUT};
+use crate::reconcile::Rejected;
 
-/// Batches may hold thousands of events with route payloads.
-const MAX_MESSAGE_BYTES: usize = 256 << 20;
+/// The largest decoded gRPC message accepted: 64 MiB. A batch of the
+/// reference feed's 500 events is well under 1 MiB; a feed that sends
+/// more in one message is cut off instead of growing the agent without
+/// bound (docs/event-contract.md).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 pub struct GrpcFeed {
     client: EventFeedClient<Channel>,
@@ -26,31 +31,44 @@ impl std::fmt::Debug for GrpcFeed {
 
 impl GrpcFeed {
     /// Connects and opens `Subscribe(after, node_id)`.
+    /// Connects (over mTLS when `tls` is given) and opens
+    /// `Subscribe(after, node_id)`, all within [`CONNECT_TIMEOUT`].
     pub async fn subscribe(
         endpoint: &str,
+        tls: Option<&FeedTls>,
         node_id: &str,
         after: u64,
     ) -> Result<GrpcFeed, FeedError> {
-        let connect = |source| FeedError::Connect {
-            endpoint: endpoint.to_owned(),
-            source,
+        let open = async {
+            let connect = |source| FeedError::Connect {
+                endpoint: endpoint.to_owned(),
+                source,
+            };
+            let mut builder = Endpoint::from_shared(endpoint.to_owned())
+                .map_err(connect)?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5));
+            if let Some(tls) = tls {
+                builder = builder.tls_config(tls.grpc()).map_err(connect)?;
+            }
+            let channel = builder.connect().await.map_err(connect)?;
+            let mut client =
+                EventFeedClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+            let request = SubscribeRequest {
+                after,
+                node_id: node_id.to_owned(),
+                event_types: Vec::new(),
+            };
+            let stream = client.subscribe(request).await?.into_inner();
+            Ok(GrpcFeed { client, stream })
         };
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(connect)?
-            .connect_timeout(Duration::from_secs(3))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect()
+        tokio::time::timeout(CONNECT_TIMEOUT, open)
             .await
-            .map_err(connect)?;
-        let mut client = EventFeedClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let request = SubscribeRequest {
-            after,
-            node_id: node_id.to_owned(),
-            event_types: Vec::new(),
-        };
-        let stream = client.subscribe(request).await?.into_inner();
-        Ok(GrpcFeed { client, stream })
+            .map_err(|_| FeedError::Timeout {
+                what: "gRPC subscribe",
+                after: CONNECT_TIMEOUT,
+            })?
     }
 
     pub async fn next(&mut self) -> Result<EventBatch, FeedError> {
@@ -71,11 +89,23 @@ impl GrpcFeed {
         }
     }
 
-    pub async fn report_applied(&mut self, node_id: &str, event_id: u64) -> Result<(), FeedError> {
+    pub async fn report_applied(
+        &mut self,
+        node_id: &str,
+        event_id: u64,
+        rejected: &[Rejected],
+    ) -> Result<(), FeedError> {
         let request = ReportAppliedRequest {
             node_id: node_id.to_owned(),
             event_id,
-            rejected: Vec::new(),
+            rejected: rejected
+                .iter()
+                .map(|r| v1::AppliedRejection {
+                    aggregate_type: r.aggregate_type.clone(),
+                    aggregate_id: r.aggregate_id.clone(),
+                    reason: r.reason.clone(),
+                })
+                .collect(),
         };
         match self.client.report_applied(request).await {
             Ok(_) => Ok(()),

@@ -4,21 +4,31 @@
 
 pub mod grpc;
 pub mod poll;
+pub mod tls;
 
 use std::time::Duration;
 
 use route_model::EventBatch;
 
+use crate::reconcile::Rejected;
+
+/// How long opening a subscription (connect, TLS, first answer) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long reporting the applied cursor may take.
+pub const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why following the feed stopped; the sync loop reconnects with backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
-    #[error("gRPC connect {endpoint}: {source}")]
+    #[error("gRPC connect {endpoint}: {}", chain(source))]
     Connect {
         endpoint: String,
         source: tonic::transport::Error,
     },
-    #[error("gRPC: {0}")]
+    #[error("gRPC: {}", status(.0))]
     Grpc(#[from] tonic::Status),
+    #[error("{what} timed out after {after:?}")]
+    Timeout { what: &'static str, after: Duration },
     #[error("gRPC stream ended")]
     Ended,
     #[error("poll {url}: {message}")]
@@ -80,13 +90,53 @@ impl Feed {
         }
     }
 
-    /// Tells the control plane the newest event_id this node serves.
-    pub async fn report_applied(&mut self, node_id: &str, event_id: u64) -> Result<(), FeedError> {
-        match self {
-            Feed::Grpc(f) => f.report_applied(node_id, event_id).await,
-            Feed::Poll(f) => f.report_applied(node_id, event_id).await,
-        }
+    /// Tells the control plane the newest event_id this node serves, and
+    /// the objects its edge rejected (never reported as served).
+    pub async fn report_applied(
+        &mut self,
+        node_id: &str,
+        event_id: u64,
+        rejected: &[Rejected],
+    ) -> Result<(), FeedError> {
+        let report = async {
+            match self {
+                Feed::Grpc(f) => f.report_applied(node_id, event_id, rejected).await,
+                Feed::Poll(f) => f.report_applied(node_id, event_id, rejected).await,
+            }
+        };
+        tokio::time::timeout(REPORT_TIMEOUT, report)
+            .await
+            .map_err(|_| FeedError::Timeout {
+                what: "report applied",
+                after: REPORT_TIMEOUT,
+            })?
     }
+}
+
+/// An error and its sources, `: `-joined: a TLS failure shows its cause
+/// (unknown issuer, certificate required), not just "transport error".
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}
+
+fn status(s: &tonic::Status) -> String {
+    use std::error::Error;
+    let mut out = format!("{:?}: {}", s.code(), s.message());
+    if let Some(source) = s.source() {
+        out.push_str(": ");
+        out.push_str(&chain(source));
+    }
+    out
 }
 
 /// Capped exponential backoff with full jitter.

@@ -139,3 +139,134 @@ fn the_snapshot_round_trips() {
     let json = serde_json::to_string(&s).unwrap();
     assert_eq!(serde_json::from_str::<State>(&json).unwrap(), s);
 }
+
+fn env_b() -> Event {
+    ev(
+        2,
+        ("env", "acme/blog/prod"),
+        1,
+        "env.configured",
+        json!({"id": "acme/blog/prod", "ipv6": ["2001:db8::2"], "ipv4": null, "ports": []}),
+    )
+}
+
+/// A route `rid` of `env` claiming `host`, as event `id` with `seq`.
+fn claim(id: u64, rid: &str, seq: u64, env: &str, host: &str) -> Event {
+    ev(
+        id,
+        ("route", rid),
+        seq,
+        if seq == 1 {
+            "route.created"
+        } else {
+            "route.updated"
+        },
+        json!({"id": rid, "env": env, "hostname": host, "listen_port": 443,
+               "protocol": "tls_passthrough", "backend_port": 8443}),
+    )
+}
+
+fn route_ids(s: &State) -> Vec<String> {
+    s.spec().routes.into_iter().map(|r| r.id).collect()
+}
+
+#[test]
+fn routes_are_listed_oldest_first_and_an_update_keeps_the_age() {
+    let mut s = State::default();
+    s.apply_all(&[
+        env(),
+        env_b(),
+        claim(3, "r-z", 1, "acme/shop/prod", "z.example.com"),
+        claim(4, "r-a", 1, "acme/blog/prod", "a.example.com"),
+        claim(5, "r-m", 1, "acme/blog/prod", "m.example.com"),
+    ])
+    .unwrap();
+    assert_eq!(route_ids(&s), ["r-z", "r-a", "r-m"]);
+    // An update does not make r-z newer.
+    s.apply(&claim(6, "r-z", 2, "acme/shop/prod", "zz.example.com"))
+        .unwrap();
+    assert_eq!(route_ids(&s), ["r-z", "r-a", "r-m"]);
+    assert_eq!(s.route_created("r-z"), Some(3));
+    // Delete + create is a new route: it goes last.
+    s.apply(&ev(7, ("route", "r-z"), 3, "route.deleted", json!({})))
+        .unwrap();
+    assert_eq!(s.route_created("r-z"), None);
+    s.apply(&claim(8, "r-z", 4, "acme/shop/prod", "z.example.com"))
+        .unwrap();
+    assert_eq!(route_ids(&s), ["r-a", "r-m", "r-z"]);
+    assert_eq!(s.route_created("r-z"), Some(8));
+}
+
+#[test]
+fn compile_lets_the_older_route_keep_a_contested_hostname() {
+    // r-z (env A) is created first, then r-a (env B) claims the same name:
+    // by id order r-a would win; by age r-z does.
+    let mut s = State::default();
+    let outcomes = s
+        .apply_all(&[
+            env(),
+            env_b(),
+            claim(3, "r-z", 1, "acme/shop/prod", "shop.example.com"),
+            claim(4, "r-a", 1, "acme/blog/prod", "shop.example.com"),
+        ])
+        .unwrap();
+    // A conflict is not a move: the older claimant still serves.
+    assert_eq!(outcomes[3], Applied::Changed);
+    let compiled = crate::compile(
+        &s.spec(),
+        &crate::PortPolicy::default(),
+        &crate::OverlayPolicy::default(),
+        1,
+    );
+    let rejected: Vec<&str> = compiled.route_errors().map(|e| e.route_id()).collect();
+    assert_eq!(rejected, ["r-a"]);
+    assert_eq!(compiled.table.routes().len(), 1);
+    assert_eq!(&*compiled.table.routes()[0].route.id, "r-z");
+}
+
+#[test]
+fn a_hostname_moves_only_once_the_older_claimant_is_gone() {
+    let mut s = State::default();
+    s.apply_all(&[
+        env(),
+        env_b(),
+        claim(3, "r-z", 1, "acme/shop/prod", "Shop.Example.com."),
+        claim(4, "r-a", 1, "acme/blog/prod", "shop.example.com"),
+    ])
+    .unwrap();
+    // Deleting the older route lets the newer one through: a move, at the
+    // delete's event_id.
+    let moved = s
+        .apply(&ev(5, ("route", "r-z"), 2, "route.deleted", json!({})))
+        .unwrap();
+    assert_eq!(
+        moved,
+        Applied::HostnameMoved(vec![HostnameMove {
+            hostname: "shop.example.com".into(),
+            old_env: "acme/shop/prod".into(),
+            new_env: "acme/blog/prod".into(),
+            event_id: 5,
+        }])
+    );
+    // Deleted and created again in the first env: moves back.
+    s.apply(&ev(6, ("route", "r-a"), 2, "route.deleted", json!({})))
+        .unwrap();
+    let back = s
+        .apply(&claim(7, "r-n", 1, "acme/shop/prod", "shop.example.com"))
+        .unwrap();
+    assert!(
+        matches!(&back, Applied::HostnameMoved(m) if m[0].new_env == "acme/shop/prod" && m[0].event_id == 7),
+        "{back:?}"
+    );
+    // Same env again, or a fresh name: no move.
+    assert_eq!(
+        s.apply(&claim(8, "r-n", 2, "acme/shop/prod", "shop.example.com"))
+            .unwrap(),
+        Applied::Changed
+    );
+    assert_eq!(
+        s.apply(&claim(9, "r-q", 1, "acme/blog/prod", "new.example.com"))
+            .unwrap(),
+        Applied::Changed
+    );
+}

@@ -45,26 +45,58 @@ impl EventFeed for Service {
         request: Request<ReportAppliedRequest>,
     ) -> Result<Response<ReportAppliedResponse>, Status> {
         let req = request.into_inner();
+        let rejected = req
+            .rejected
+            .into_iter()
+            .map(|r| super::RejectedReport {
+                aggregate_type: r.aggregate_type,
+                aggregate_id: r.aggregate_id,
+                reason: r.reason,
+            })
+            .collect();
+        self.feed.record_rejected(&req.node_id, rejected);
         self.feed.report_applied(&req.node_id, req.event_id);
         Ok(Response::new(ReportAppliedResponse {}))
     }
 }
 
-/// Sends pages after `req.after`, then waits for appends. While
-/// `fail_streams_after` is `Some(k)` (read before every message, so it
-/// reaches streams already open), sends one event per message and fails
-/// once k messages have gone out on this stream.
+/// Sends pages after `req.after`, then waits for appends. When there is
+/// nothing after `req.after` at first, one empty batch says so (with the
+/// head and `feed_id`: a client ahead of a restored log learns it at
+/// once). While `fail_streams_after` is `Some(k)` (read before every
+/// message, so it reaches streams already open), sends one event per
+/// message and fails once k messages have gone out on this stream. A
+/// truncated or replaced log ends the stream (UNAVAILABLE).
 async fn stream(
     feed: Arc<Feed>,
     req: SubscribeRequest,
     tx: mpsc::Sender<Result<v1::EventBatch, Status>>,
 ) {
     let mut head_rx = feed.head.subscribe();
+    let epoch = feed.epoch();
     let mut after = req.after;
     let mut sent = 0;
+    let mut first = true;
     loop {
+        if feed.epoch() != epoch {
+            let _ = tx
+                .send(Err(Status::unavailable("feed: the log was restored")))
+                .await;
+            return;
+        }
         let fail_after = feed.log().fail_streams_after;
         let batch = feed.page(after, if fail_after.is_some() { 1 } else { PAGE });
+        if batch.events.is_empty() && std::mem::take(&mut first) {
+            let empty = v1::EventBatch {
+                head: batch.head,
+                events: Vec::new(),
+                feed_id: batch.feed_id.clone().unwrap_or_default(),
+            };
+            if tx.send(Ok(empty)).await.is_err() {
+                return;
+            }
+        }
+        first = false;
         if let Some(last) = batch.events.last() {
             after = last.event_id;
             if fail_after.is_some_and(|k| sent >= k) {
@@ -85,7 +117,7 @@ async fn stream(
                 .send(Ok(v1::EventBatch {
                     head: batch.head,
                     events,
-                    feed_id: String::new(),
+                    feed_id: batch.feed_id.unwrap_or_default(),
                 }))
                 .await
                 .is_err()
@@ -95,8 +127,8 @@ async fn stream(
             sent += 1;
             continue;
         }
-        // Caught up: sleep until the head moves.
-        if head_rx.wait_for(|head| *head > after).await.is_err() {
+        // Caught up: sleep until the head moves (or the log is restored).
+        if head_rx.changed().await.is_err() {
             return;
         }
     }
@@ -135,6 +167,29 @@ pub async fn serve_grpc(feed: Arc<Feed>, addr: SocketAddr) -> Server {
         let _ = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming(TcpListenerStream::new(listener).map(nodelay))
+            .await;
+    });
+    Server { addr, task }
+}
+
+/// [`serve_grpc`] over TLS that requires a client certificate signed by
+/// the CA of `tls` (ALPN h2). A client without one is dropped in the
+/// handshake.
+pub async fn serve_grpc_tls(
+    feed: Arc<Feed>,
+    addr: SocketAddr,
+    tls: &super::tls::FeedServerTls,
+) -> Server {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("bind the gRPC feed");
+    let addr = listener.local_addr().expect("local addr");
+    let incoming = super::tls::accept(listener, tls.config(&[b"h2"]));
+    let service = EventFeedServer::new(Service { feed }).max_encoding_message_size(256 << 20);
+    let task = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming.map(Ok::<_, std::io::Error>))
             .await;
     });
     Server { addr, task }

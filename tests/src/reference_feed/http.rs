@@ -2,7 +2,7 @@
 //! read-your-writes and for the README's demo:
 //!
 //! - `GET /events?after&limit&node_id` → `{"head", "events"}`
-//! - `POST /applied {"node_id", "event_id"}` → 204
+//! - `POST /applied {"node_id", "event_id", "rejected"}` → 204
 //! - `GET /applied?node_id=` → `{"node_id", "event_id"}`
 //! - `POST /wait {"nodes", "event_id", "timeout_ms"}` → 200/504 `{"reached"}`
 //! - `POST /append {"aggregate_type", "aggregate_id", "event_type", "payload"}` → `{"event_id"}`
@@ -35,19 +35,43 @@ pub async fn serve_http(feed: Arc<Feed>, addr: SocketAddr) -> Server {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let feed = Arc::clone(&feed);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let feed = Arc::clone(&feed);
-                    async move { Ok::<_, Infallible>(respond(&feed, req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            tokio::spawn(serve_one(Arc::clone(&feed), stream));
         }
     });
     Server { addr, task }
+}
+
+/// [`serve_http`] over TLS that requires a client certificate signed by
+/// the CA of `tls`.
+pub async fn serve_http_tls(
+    feed: Arc<Feed>,
+    addr: SocketAddr,
+    tls: &super::tls::FeedServerTls,
+) -> Server {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("bind the polling feed");
+    let addr = listener.local_addr().expect("local addr");
+    let mut incoming = super::tls::accept(listener, tls.config(&[b"http/1.1"]));
+    let task = tokio::spawn(async move {
+        while let Some(stream) = tokio_stream::StreamExt::next(&mut incoming).await {
+            tokio::spawn(serve_one(Arc::clone(&feed), stream));
+        }
+    });
+    Server { addr, task }
+}
+
+async fn serve_one<S>(feed: Arc<Feed>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let feed = Arc::clone(&feed);
+        async move { Ok::<_, Infallible>(respond(&feed, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -88,6 +112,8 @@ async fn body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T,
 struct Applied {
     node_id: String,
     event_id: u64,
+    #[serde(default)]
+    rejected: Vec<super::RejectedReport>,
 }
 
 #[derive(Deserialize)]
@@ -132,6 +158,7 @@ async fn respond(feed: &Feed, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         (Method::POST, "/applied") => match body::<Applied>(req).await {
             Ok(a) => {
+                feed.record_rejected(&a.node_id, a.rejected);
                 feed.report_applied(&a.node_id, a.event_id);
                 let mut r = reply(StatusCode::NO_CONTENT, json!({}));
                 *r.body_mut() = Full::new(Bytes::new());

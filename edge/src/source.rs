@@ -112,13 +112,39 @@ impl Source {
     }
 
     /// Applies the current routing under the current config.
+    /// A pushed table re-applied is saved again with its new version, so
+    /// versions keep growing across a restart.
     pub async fn apply_current(&self) -> Applied {
-        let state = self.state.lock().await;
-        let routing = state.pushed.as_ref().map_or_else(
-            || Arc::new(state.config.routing.clone()),
-            |p| Arc::clone(&p.routing),
-        );
-        let (version, errors) = self.app.apply(&state.config, routing).await;
+        let mut state = self.state.lock().await;
+        let Some(pushed) = state.pushed.clone() else {
+            let routing = Arc::new(state.config.routing.clone());
+            let (version, errors) = self.app.apply(&state.config, routing).await;
+            return Applied { version, errors };
+        };
+        let dir = state.config.control.as_ref().map(|c| c.state_dir.clone());
+        let to_save = pushed.clone();
+        // Serving the table matters more than saving its new version: a
+        // failure is logged and the table still applies.
+        let persist = move |version: u64| {
+            if let Some(dir) = dir {
+                let saved = Saved {
+                    table_version: version,
+                    ..to_save
+                };
+                if let Err(e) = persist(&dir, &saved) {
+                    tracing::error!(error = %e, "the re-applied table's version is not saved");
+                }
+            }
+            Ok::<(), std::convert::Infallible>(())
+        };
+        let routing = Arc::clone(&pushed.routing);
+        let (version, errors) = match self.app.apply_with(&state.config, routing, persist).await {
+            Ok(applied) => applied,
+            Err(never) => match never {},
+        };
+        if let Some(p) = state.pushed.as_mut() {
+            p.table_version = version;
+        }
         Applied { version, errors }
     }
 

@@ -163,7 +163,10 @@ async fn the_table_version_keeps_growing_across_a_restart() {
         serde_json::from_slice(&std::fs::read(dir.path().join("state/routing.json")).unwrap())
             .unwrap();
     assert_eq!(saved["format"], 1);
-    assert_eq!(saved["table_version"], before);
+    assert_eq!(
+        saved["table_version"], after,
+        "the saved table is re-saved with the version that serves it now"
+    );
     let table = routing(&[("r-a", "a.example.com", port)], 9);
     let next = control.push(&Push::new(table, 1, 4)).await.unwrap();
     assert!(next.table_version > after);

@@ -1,5 +1,10 @@
 //! The admin HTTP server on `admin.listen`: `/metrics`, `/healthz`,
 //! `/readyz` and `/routes`. Local by default; read-only.
+//!
+//! `/readyz`: 200 `{"version": N}` once every listener of the live table is
+//! bound; 503 with the same body while some are not (or while draining);
+//! 503 `{"reason": "never_synced" | "state_unreadable"}` while an edge with
+//! `[control]` waits for its first push (see `source`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -50,6 +55,10 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
+            if let Some(reason) = shared.not_synced() {
+                let body = json!({ "reason": reason.as_str() }).to_string();
+                return reply(StatusCode::SERVICE_UNAVAILABLE, "application/json", body);
+            }
             let body = json!({ "version": shared.live.load().table.version() }).to_string();
             let status = if shared.ready() {
                 StatusCode::OK

@@ -1,20 +1,28 @@
 //! The running edge: shared state, applying route tables, reload and drain.
 //!
-//! A route table is applied in one place, [`App::apply`], whatever its
-//! source (startup, SIGHUP, a push from edge-agent): compile, swap the live
-//! snapshot atomically, diff the listener set (close only the pairs that
-//! disappeared, bind the new ones), and give tunnels of deleted routes
-//! `deleted_route_grace` before they are ended. Tunnels of routes that still
-//! exist are never touched: they hold no reference to the table.
+//! A route table is applied in one place, [`App::apply_with`], whatever its
+//! source (startup, SIGHUP, a push from edge-agent), in two steps. The slow
+//! one runs on a blocking thread, off the runtime that moves bytes: compile,
+//! the caller's persist (a push's fsync), and the diff of deleted routes.
+//! The quick one runs on the runtime: diff the listener set (close only the
+//! pairs that disappeared, bind the new ones), swap the live snapshot
+//! atomically, and give tunnels of deleted routes `deleted_route_grace`
+//! before they are ended. Tunnels of routes that still exist are never
+//! touched: they hold no reference to the table. The replaced table is
+//! dropped on a blocking thread too (freeing a million routes takes time).
+//!
+//! Versions only grow, also across restarts and upgrades: the first table
+//! of a process continues from [`App::continue_from`] (the saved table's
+//! version, or the previous process's at an upgrade).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use route_model::{compile, RouteTable, RoutingSpec, SpecError};
+use route_model::{compile, Compiled, RouteTable, RoutingSpec, SpecError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -52,13 +60,54 @@ pub struct Shared {
     /// Listeners of the live table not bound yet.
     pub unbound: AtomicUsize,
     pub draining: AtomicBool,
+    /// A [`NotReady`] that holds until the first push, or 0.
+    not_synced: AtomicU8,
     fd_log: Mutex<Option<Instant>>,
 }
 
+/// Why an edge with `[control]` must not take traffic before its first
+/// push, whatever its listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum NotReady {
+    /// No routes in edge.toml, no saved table, nothing pushed yet.
+    NeverSynced = 1,
+    /// The saved table exists but cannot be read (it was moved aside).
+    StateUnreadable = 2,
+}
+
+impl NotReady {
+    /// The `/readyz` and `StatusResponse.not_ready_reason` value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NotReady::NeverSynced => "never_synced",
+            NotReady::StateUnreadable => "state_unreadable",
+        }
+    }
+}
+
 impl Shared {
-    /// True once every listener of the live table is bound.
+    /// True once every listener of the live table is bound (and, with
+    /// `[control]`, a table to serve is known).
     pub fn ready(&self) -> bool {
-        self.unbound.load(Ordering::Acquire) == 0 && !self.draining.load(Ordering::Acquire)
+        self.unbound.load(Ordering::Acquire) == 0
+            && !self.draining.load(Ordering::Acquire)
+            && self.not_synced().is_none()
+    }
+
+    /// Why the edge is held back from ready until a push, if it is.
+    pub fn not_synced(&self) -> Option<NotReady> {
+        match self.not_synced.load(Ordering::Acquire) {
+            1 => Some(NotReady::NeverSynced),
+            2 => Some(NotReady::StateUnreadable),
+            _ => None,
+        }
+    }
+
+    /// Sets (or, with `None`, clears) the reason to hold back ready.
+    pub fn set_not_synced(&self, reason: Option<NotReady>) {
+        self.not_synced
+            .store(reason.map_or(0, |r| r as u8), Ordering::Release);
     }
 
     /// Logs descriptor exhaustion at most once a second.
@@ -119,6 +168,8 @@ pub struct App {
     inherited: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
     /// Serialises `apply` (SIGHUP and control pushes may race).
     applying: tokio::sync::Mutex<()>,
+    /// The version the next table must exceed (see `continue_from`).
+    version_floor: AtomicU64,
 }
 
 impl App {
@@ -139,6 +190,7 @@ impl App {
             withdrawals: Withdrawals::default(),
             unbound: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            not_synced: AtomicU8::new(0),
             fd_log: Mutex::new(None),
         });
         Arc::new(App {
@@ -147,7 +199,21 @@ impl App {
             listener_fds: Mutex::new(HashMap::new()),
             inherited: Mutex::new(HashMap::new()),
             applying: tokio::sync::Mutex::new(()),
+            version_floor: AtomicU64::new(0),
         })
+    }
+
+    /// Makes the next table's version greater than `version` (a version
+    /// served before this process: by the saved table or the previous
+    /// process at an upgrade).
+    pub fn continue_from(&self, version: u64) {
+        self.version_floor.fetch_max(version, Ordering::AcqRel);
+    }
+
+    /// The version the next applied table gets.
+    fn next_version(&self) -> u64 {
+        let live = self.shared.live.load().table.version();
+        live.max(self.version_floor.load(Ordering::Acquire)) + 1
     }
 
     /// Compiles `routing` under `config`'s policy and makes it live.
@@ -155,13 +221,52 @@ impl App {
     pub async fn apply(
         self: &Arc<Self>,
         config: &Config,
-        routing: &RoutingSpec,
+        routing: Arc<RoutingSpec>,
     ) -> (u64, Vec<SpecError>) {
+        match self
+            .apply_with(config, routing, |_| Ok::<(), std::convert::Infallible>(()))
+            .await
+        {
+            Ok(applied) => applied,
+            Err(never) => match never {},
+        }
+    }
+
+    /// As [`App::apply`], calling `persist(version)` on the blocking thread
+    /// after the compile: an error leaves the live table as it was (the
+    /// version is not used) and is returned.
+    pub async fn apply_with<E: Send + 'static>(
+        self: &Arc<Self>,
+        config: &Config,
+        routing: Arc<RoutingSpec>,
+        persist: impl FnOnce(u64) -> Result<(), E> + Send + 'static,
+    ) -> Result<(u64, Vec<SpecError>), E> {
         let _one_at_a_time = self.applying.lock().await;
+        let version = self.next_version();
+        let old = self.shared.live.load_full();
+        let (policy, overlay) = (config.policy.clone(), config.overlay.policy.clone());
+        let prepared = tokio::task::spawn_blocking(move || {
+            let compiled = compile(&routing, &policy, &overlay, version);
+            persist(version)?;
+            let deleted = deleted_routes(&old.table, &compiled.table);
+            Ok((compiled, deleted))
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let (compiled, deleted) = prepared?;
+        Ok(self.install(config, version, compiled, deleted))
+    }
+
+    /// The quick step: listeners, the atomic swap, metrics. Runs on the
+    /// runtime under the `applying` lock.
+    fn install(
+        self: &Arc<Self>,
+        config: &Config,
+        version: u64,
+        compiled: Compiled,
+        deleted: Vec<Arc<str>>,
+    ) -> (u64, Vec<SpecError>) {
         let shared = &self.shared;
-        let old = shared.live.load_full();
-        let version = old.table.version() + 1;
-        let compiled = compile(routing, &config.policy, &config.overlay.policy, version);
         for e in &compiled.errors {
             tracing::warn!(version, error = %e, "config object rejected");
         }
@@ -169,13 +274,14 @@ impl App {
         // Listeners first, then the table: once a version is visible (on
         // /routes, /readyz, to a pushing agent), its listeners are bound.
         self.sync_listeners(&compiled.table);
-        shared.live.store(Arc::new(Live {
+        let old = shared.live.swap(Arc::new(Live {
             table: compiled.table,
             overlay: config.overlay.clone(),
             errors: compiled.errors,
         }));
+        tokio::task::spawn_blocking(move || drop(old));
         let live = shared.live.load_full();
-        self.withdraw_deleted(&old.table, &live.table);
+        self.withdraw_deleted(deleted);
 
         let m = &shared.metrics;
         m.table_version.set(version as i64);
@@ -250,6 +356,17 @@ impl App {
         *self.inherited.lock().unwrap_or_else(|p| p.into_inner()) = listeners;
     }
 
+    /// Closes the inherited listening sockets the first table did not
+    /// adopt: once the previous process has closed its copies too, their
+    /// pairs refuse connections instead of queueing them where no one
+    /// accepts. Call after the first table is applied.
+    pub fn close_unadopted(&self) {
+        let left = std::mem::take(&mut *self.inherited.lock().unwrap_or_else(|p| p.into_inner()));
+        for addr in left.keys() {
+            tracing::info!(%addr, "upgrade: closing an inherited listener the table does not need");
+        }
+    }
+
     /// Duplicates of every live listening socket, for an upgrade handoff.
     pub fn listener_dups(&self) -> std::io::Result<Vec<(SocketAddr, std::net::TcpListener)>> {
         let fds = self.listener_fds.lock().unwrap_or_else(|p| p.into_inner());
@@ -288,15 +405,8 @@ impl App {
         }
     }
 
-    /// Schedules the end of tunnels of routes that are in `old` only.
-    fn withdraw_deleted(self: &Arc<Self>, old: &RouteTable, new: &RouteTable) {
-        let kept: BTreeSet<&str> = new.routes().iter().map(|r| &*r.route.id).collect();
-        let deleted: Vec<Arc<str>> = old
-            .routes()
-            .iter()
-            .map(|r| Arc::clone(&r.route.id))
-            .filter(|id| !kept.contains(&**id))
-            .collect();
+    /// Schedules the end of tunnels of `deleted` routes.
+    fn withdraw_deleted(self: &Arc<Self>, deleted: Vec<Arc<str>>) {
         if deleted.is_empty() {
             return;
         }
@@ -341,4 +451,14 @@ impl App {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The ids of routes in `old` only.
+fn deleted_routes(old: &RouteTable, new: &RouteTable) -> Vec<Arc<str>> {
+    let kept: BTreeSet<&str> = new.routes().iter().map(|r| &*r.route.id).collect();
+    old.routes()
+        .iter()
+        .map(|r| Arc::clone(&r.route.id))
+        .filter(|id| !kept.contains(&**id))
+        .collect()
 }

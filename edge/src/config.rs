@@ -216,7 +216,10 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOverlay {
-    #[serde(default = "default_allowed_backends")]
+    #[serde(
+        default = "default_allowed_backends",
+        deserialize_with = "deserialize_prefixes"
+    )]
     allowed_backends: Vec<Ipv6Net>,
     source: Option<Ipv6Addr>,
     fwmark: Option<u32>,
@@ -234,6 +237,33 @@ impl Default for RawOverlay {
 
 fn default_allowed_backends() -> Vec<Ipv6Net> {
     OverlayPolicy::default().allowed_backends
+}
+
+fn deserialize_prefixes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Ipv6Net>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    texts
+        .iter()
+        .map(|t| parse_prefix(t).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// Parses an IPv6 prefix (`fdaa::/16`), naming the part that is wrong:
+/// `ipnet` reports `::1/129` as "invalid IP address syntax".
+fn parse_prefix(text: &str) -> Result<Ipv6Net, String> {
+    let Some((addr, len)) = text.split_once('/') else {
+        return Err(format!(
+            "{text:?}: not a prefix (expected ADDRESS/LENGTH, as in \"fdaa::/16\")"
+        ));
+    };
+    let addr: Ipv6Addr = addr
+        .parse()
+        .map_err(|_| format!("{text:?}: {addr:?} is not an IPv6 address"))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 128)
+        .ok_or_else(|| format!("{text:?}: prefix length {len:?} is not between 0 and 128"))?;
+    Ipv6Net::new(addr, len).map_err(|e| format!("{text:?}: {e}"))
 }
 
 #[derive(Deserialize)]
@@ -357,5 +387,24 @@ mod tests {
         assert!(e.to_string().contains("overlay.allowed_backends"), "{e}");
         let e = parse("[policy]\ndeny_ports = [\"x\"]\n").unwrap_err();
         assert!(e.to_string().contains("bad port entry"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_prefix_names_the_part_that_is_wrong() {
+        let e = parse("[overlay]\nallowed_backends = [\"::1/129\"]\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("prefix length \"129\" is not between 0 and 128"),
+            "{e}"
+        );
+        let e = parse("[overlay]\nallowed_backends = [\"fdaa::x/16\"]\n").unwrap_err();
+        assert!(
+            e.to_string().contains("\"fdaa::x\" is not an IPv6 address"),
+            "{e}"
+        );
+        let e = parse("[overlay]\nallowed_backends = [\"fdaa::\"]\n").unwrap_err();
+        assert!(e.to_string().contains("not a prefix"), "{e}");
+        let c = parse("[overlay]\nallowed_backends = [\"fdaa::/16\", \"::1/128\"]\n").unwrap();
+        assert!(c.overlay.policy.allows("::1".parse().unwrap()));
     }
 }

@@ -33,7 +33,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate the config and print the compiled listener table; exit non-zero on any error.
-    Check,
+    Check {
+        /// Fail only on what stops the edge from starting (an unreadable
+        /// file, bad TOML, wrong types or values); objects that the route
+        /// policy rejects are not checked. What systemd runs before start.
+        #[arg(long)]
+        syntax_only: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -43,7 +49,19 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors; a bad command line is
+            // EX_USAGE, as docs/operations.md says (clap's own code is 2).
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     init_logging(cli.log_format);
     let Some(path) = cli.config else {
         eprintln!("edge: --config <edge.toml> is required");
@@ -57,7 +75,11 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Check) => {
+        Some(Command::Check { syntax_only: true }) => {
+            print!("{}", check::syntax_report(&config));
+            ExitCode::SUCCESS
+        }
+        Some(Command::Check { syntax_only: false }) => {
             let compiled = check::compile_config(&config);
             print!("{}", check::report(&compiled));
             if compiled.errors.is_empty() {

@@ -3,6 +3,8 @@
 //! Labels are stable snake_case values from the `as_str()` of small enums,
 //! so dashboards and alerts do not break when code moves. Children used on
 //! every connection (bytes, accepted) are resolved once here, not per call.
+//! Every series whose label values are known is exported from 0, so a
+//! rate() or an alert sees the series before its first event.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -21,6 +23,29 @@ const CONNECT_BUCKETS: &[f64] = &[
 const HELLO_SIZE_BUCKETS: &[f64] = &[
     256.0, 512.0, 1024.0, 1536.0, 2048.0, 4096.0, 8192.0, 16384.0,
 ];
+
+/// Reasons of `edge_connections_rejected_total` (the `as_str()` values of
+/// `reject::Reject`, `tls_peek::Reason` and `route_model::RejectReason`).
+const REJECT_REASONS: &[&str] = &[
+    "not_tls",
+    "sslv2",
+    "not_client_hello",
+    "malformed_hello",
+    "hello_too_large",
+    "invalid_sni",
+    "hello_timeout",
+    "client_closed",
+    "no_listener",
+    "unknown_sni",
+    "no_sni_ambiguous",
+    "source_limit",
+    "max_connections",
+    "no_healthy_backend",
+    "backend_connect_failed",
+];
+
+/// Outcomes of a control push (`edge_control_pushes_total`).
+pub const PUSH_OUTCOMES: &[&str] = &["ack", "nack", "refused", "invalid", "error"];
 
 /// A one-label counter family whose every label value is known up front
 /// and counted once per connection: the children are resolved at start (a
@@ -55,7 +80,7 @@ pub struct Metrics {
     registry: Registry,
     pub accepted: IntCounter,
     pub active: IntGauge,
-    rejected: IntCounterVec,
+    rejected: Resolved,
     pub bytes_to_backend: IntCounter,
     pub bytes_to_client: IntCounter,
     /// Of those, the bytes moved by `splice(2)` (never through user space).
@@ -70,10 +95,12 @@ pub struct Metrics {
     pub routes_rejected: IntGauge,
     pub listeners: IntGauge,
     pub listeners_unbound: IntGauge,
-    reloads: IntCounterVec,
-    accept_errors: IntCounterVec,
+    reloads: Resolved,
+    accept_errors: Resolved,
     tunnels_closed: Resolved,
     pub log_lines_suppressed: IntCounter,
+    pub state_unreadable: IntCounter,
+    control_pushes: Resolved,
 }
 
 impl Metrics {
@@ -101,13 +128,16 @@ impl Metrics {
                 "edge_connections_active",
                 "Client connections open now (handshaking or established)."
             )),
-            rejected: reg!(IntCounterVec::new(
-                Opts::new(
-                    "edge_connections_rejected_total",
-                    "Client connections closed without forwarding, by reason."
-                ),
-                &["reason"]
-            )),
+            rejected: Resolved::new(
+                reg!(IntCounterVec::new(
+                    Opts::new(
+                        "edge_connections_rejected_total",
+                        "Client connections closed without forwarding, by reason."
+                    ),
+                    &["reason"]
+                )),
+                REJECT_REASONS,
+            ),
             bytes_to_backend: bytes.with_label_values(&["client_to_backend"]),
             bytes_to_client: bytes.with_label_values(&["backend_to_client"]),
             bytes_spliced: reg!(IntCounter::new(
@@ -169,17 +199,23 @@ impl Metrics {
                 "edge_listeners_unbound",
                 "Listeners of the current table that could not be bound yet (retried)."
             )),
-            reloads: reg!(IntCounterVec::new(
-                Opts::new("edge_reloads_total", "Route table reloads, by result."),
-                &["result"]
-            )),
-            accept_errors: reg!(IntCounterVec::new(
-                Opts::new(
-                    "edge_accept_errors_total",
-                    "accept(2) failures, by kind (fd_exhausted, other)."
-                ),
-                &["kind"]
-            )),
+            reloads: Resolved::new(
+                reg!(IntCounterVec::new(
+                    Opts::new("edge_reloads_total", "Route table reloads, by result."),
+                    &["result"]
+                )),
+                &["ok", "error"],
+            ),
+            accept_errors: Resolved::new(
+                reg!(IntCounterVec::new(
+                    Opts::new(
+                        "edge_accept_errors_total",
+                        "accept(2) failures, by kind (fd_exhausted, other)."
+                    ),
+                    &["kind"]
+                )),
+                &["fd_exhausted", "other"],
+            ),
             tunnels_closed: Resolved::new(
                 reg!(IntCounterVec::new(
                     Opts::new(
@@ -194,12 +230,26 @@ impl Metrics {
                 "edge_log_lines_suppressed_total",
                 "Rejection log lines dropped by the log rate limit (still counted above)."
             )),
+            state_unreadable: reg!(IntCounter::new(
+                "edge_state_unreadable_total",
+                "Saved route tables (routing.json) found unreadable or of a newer format at start, and moved aside."
+            )),
+            control_pushes: Resolved::new(
+                reg!(IntCounterVec::new(
+                    Opts::new(
+                        "edge_control_pushes_total",
+                        "Route tables pushed on the control socket, by outcome (ack, nack: applied with rejections, refused: fenced or during an upgrade handoff, invalid: unknown format or bad JSON, error: could not be persisted)."
+                    ),
+                    &["outcome"]
+                )),
+                PUSH_OUTCOMES,
+            ),
             registry,
         }
     }
 
     pub fn rejected(&self, reason: &str) {
-        self.rejected.with_label_values(&[reason]).inc();
+        self.rejected.inc(reason);
     }
 
     pub fn alpn(&self, label: &str) {
@@ -207,15 +257,20 @@ impl Metrics {
     }
 
     pub fn reload(&self, result: &str) {
-        self.reloads.with_label_values(&[result]).inc();
+        self.reloads.inc(result);
     }
 
     pub fn accept_error(&self, kind: &str) {
-        self.accept_errors.with_label_values(&[kind]).inc();
+        self.accept_errors.inc(kind);
     }
 
     pub fn tunnel_closed(&self, cause: &str) {
         self.tunnels_closed.inc(cause);
+    }
+
+    /// One control push, by outcome (one of [`PUSH_OUTCOMES`]).
+    pub fn control_push(&self, outcome: &str) {
+        self.control_pushes.inc(outcome);
     }
 
     /// The Prometheus text exposition of every family.
@@ -231,5 +286,55 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_labelled_counter_is_exported_from_zero() {
+        let text = Metrics::new().render();
+        for series in [
+            "edge_accept_errors_total{kind=\"fd_exhausted\"} 0",
+            "edge_accept_errors_total{kind=\"other\"} 0",
+            "edge_reloads_total{result=\"ok\"} 0",
+            "edge_reloads_total{result=\"error\"} 0",
+            "edge_tunnels_closed_total{cause=\"idle_timeout\"} 0",
+            "edge_connections_rejected_total{reason=\"unknown_sni\"} 0",
+            "edge_client_hello_alpn_total{alpn=\"h2\"} 0",
+            "edge_control_pushes_total{outcome=\"refused\"} 0",
+            "edge_state_unreadable_total 0",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_reject_label_is_known_up_front() {
+        use crate::reject::Reject;
+        use route_model::RejectReason;
+        let labels = [
+            Reject::Hello(tls_peek::Reason::NotTls),
+            Reject::Hello(tls_peek::Reason::Sslv2),
+            Reject::Hello(tls_peek::Reason::NotClientHello),
+            Reject::Hello(tls_peek::Reason::Malformed),
+            Reject::Hello(tls_peek::Reason::TooLarge),
+            Reject::Hello(tls_peek::Reason::InvalidSni),
+            Reject::HelloTimeout,
+            Reject::ClientClosed,
+            Reject::Route(RejectReason::NoListener),
+            Reject::Route(RejectReason::UnknownSni),
+            Reject::Route(RejectReason::NoSniAmbiguous),
+            Reject::SourceLimit,
+            Reject::MaxConnections,
+            Reject::NoHealthyBackend,
+            Reject::BackendConnectFailed,
+        ];
+        for r in labels {
+            assert!(REJECT_REASONS.contains(&r.as_str()), "{}", r.as_str());
+        }
+        assert_eq!(labels.len(), REJECT_REASONS.len());
     }
 }

@@ -3,27 +3,34 @@
 //! upgrade becomes the service's main process), and `WATCHDOG=1` at half
 //! of `WatchdogSec` when the unit sets one. Outside systemd these do
 //! nothing.
+//!
+//! The watchdog is petted by the run loop itself (`run`'s select loop, on a
+//! tick of [`watchdog_period`]), the loop that also handles signals and
+//! reloads: a process whose runtime is wedged (a task that never yields on
+//! a one-core edge) stops petting and systemd restarts it. An independent
+//! timer task would keep petting a process that serves nothing.
 
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-/// Tells systemd the edge is ready, and starts the watchdog if asked.
+/// Tells systemd the edge is ready.
 pub fn ready() {
     let pid = std::process::id();
     if let Err(e) = sd_notify::notify(false, &[NotifyState::MainPid(pid), NotifyState::Ready]) {
         tracing::warn!(error = %e, "sd_notify READY failed");
     }
-    if let Some(usec) = watchdog_usec() {
-        let period = Duration::from_micros(usec / 2);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            loop {
-                tick.tick().await;
-                let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
-            }
-        });
-    }
+}
+
+/// How often the run loop must call [`watchdog`]: half of `WatchdogSec`,
+/// or `None` when the unit sets no watchdog for this process.
+pub fn watchdog_period() -> Option<Duration> {
+    watchdog_usec().map(|usec| Duration::from_micros(usec / 2))
+}
+
+/// `WATCHDOG=1`: the process is alive and its loop runs.
+pub fn watchdog() {
+    let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
 }
 
 /// `WATCHDOG_USEC` when the watchdog is meant for this process: systemd's

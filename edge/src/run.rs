@@ -1,9 +1,14 @@
 //! Running the edge: startup, the signal loop, reload and shutdown.
 //!
 //! SIGHUP re-reads the file and applies its routes through the same path as
-//! every table change; a file that does not parse is logged and the live
-//! table stays. SIGTERM/SIGINT stop accepting at once, let open tunnels run
-//! up to `drain_timeout`, then return (the process exits 0).
+//! every table change (in a task of its own, so the loop goes on); a file
+//! that does not parse is logged and the live table stays. SIGTERM/SIGINT
+//! stop accepting at once, let open tunnels run up to `drain_timeout`, then
+//! return (the process exits 0). The same loop pets the systemd watchdog.
+//!
+//! After an upgrade handoff this process stops its control server (the new
+//! process owns the socket path) and drains without petting the watchdog:
+//! the new process is the service's main process.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +29,8 @@ use crate::upgrade;
 const RESERVED_FDS: u64 = 256;
 /// Descriptors one connection holds: the client and the backend socket.
 const FDS_PER_CONNECTION: u64 = 2;
+/// How long open control connections get to finish at shutdown or handoff.
+const CONTROL_STOP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why the edge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -97,12 +104,19 @@ pub async fn run(path: PathBuf, mut config: Config) -> Result<(), StartError> {
     }
     let handoff = handoff.map(|mut h| {
         app.inherit(std::mem::take(&mut h.listeners));
+        app.continue_from(h.table_version);
         h
     });
     let source = Arc::new(Source::new(Arc::clone(&app), config.clone()));
     source.apply_current().await;
-    let control_task =
-        control_listener.map(|l| tokio::spawn(control::serve(l, Arc::clone(&source))));
+    app.close_unadopted();
+    let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
+    let control_task = control_listener.map(|l| {
+        let stop = async move {
+            let _ = control_stopped.await;
+        };
+        tokio::spawn(control::serve(l, Arc::clone(&source), stop))
+    });
     let admin_task = tokio::spawn(admin::serve(admin_listener, Arc::clone(&app.shared)));
     let retry_task = tokio::spawn(Arc::clone(&app).retry_binds());
     if let Some(h) = handoff {
@@ -114,17 +128,12 @@ pub async fn run(path: PathBuf, mut config: Config) -> Result<(), StartError> {
     if let Some(u) = &config.upgrade {
         match upgrade::bind(&u.socket) {
             Ok(listener) => {
-                let app = Arc::clone(&app);
+                let handover = Handover {
+                    source: Arc::clone(&source),
+                    admin: admin_dup,
+                };
                 tokio::task::spawn_blocking(move || {
-                    upgrade::serve(listener, || {
-                        let mut sockets: Vec<(String, std::net::TcpListener)> = app
-                            .listener_dups()?
-                            .into_iter()
-                            .map(|(a, l)| (a.to_string(), l))
-                            .collect();
-                        sockets.push((upgrade::admin_name(), admin_dup.try_clone()?));
-                        Ok(sockets)
-                    });
+                    upgrade::serve(listener, &handover);
                     let _ = handed_over_tx.send(());
                 });
             }
@@ -137,10 +146,17 @@ pub async fn run(path: PathBuf, mut config: Config) -> Result<(), StartError> {
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(admin = %config.admin.listen, pid = std::process::id(), workers, version = env!("CARGO_PKG_VERSION"), "edge started");
 
+    let mut watchdog = notify::watchdog_period().map(tokio::time::interval);
+    let configured = Arc::new(configured);
     let handed_over = loop {
         tokio::select! {
-            _ = hup.recv() => reload(&app, &source, &path, &configured).await,
+            _ = hup.recv() => {
+                let (app, source, path, configured) =
+                    (Arc::clone(&app), Arc::clone(&source), path.clone(), Arc::clone(&configured));
+                tokio::spawn(async move { reload(&app, &source, &path, &configured).await });
+            }
             _ = usr2.recv() => upgrade::spawn_successor(),
+            _ = tick(&mut watchdog) => notify::watchdog(),
             _ = &mut handed_over => break true,
             _ = term.recv() => break false,
             _ = int.recv() => break false,
@@ -151,19 +167,71 @@ pub async fn run(path: PathBuf, mut config: Config) -> Result<(), StartError> {
         "draining: listeners closed"
     );
     retry_task.abort();
-    if let Some(task) = control_task {
-        task.abort();
+    // Open control connections are told to go away (pushes are refused
+    // already), so the agent reconnects to the socket path.
+    let _ = stop_control.send(());
+    if let Some(mut task) = control_task {
+        if tokio::time::timeout(CONTROL_STOP, &mut task).await.is_err() {
+            task.abort();
+        }
     }
     if handed_over {
-        // The new process serves admin, control and upgrade from here on.
+        // The new process serves admin, control and upgrade from here on,
+        // and is the one systemd watches.
         admin_task.abort();
+        watchdog = None;
     } else if let Some(c) = &config.control {
         let _ = std::fs::remove_file(&c.socket);
     }
-    let left = app.drain().await;
+    let drain = app.drain();
+    tokio::pin!(drain);
+    let left = loop {
+        tokio::select! {
+            left = &mut drain => break left,
+            _ = tick(&mut watchdog) => notify::watchdog(),
+        }
+    };
     admin_task.abort();
     tracing::info!(left_open = left, "edge stopped");
     Ok(())
+}
+
+/// The next watchdog tick, or never when there is no watchdog.
+async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
+    match watchdog {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// What this process hands to a successor at upgrade.
+struct Handover {
+    source: Arc<Source>,
+    admin: std::net::TcpListener,
+}
+
+impl upgrade::Handover for Handover {
+    fn sockets(&self) -> std::io::Result<Vec<(String, std::net::TcpListener)>> {
+        let mut sockets: Vec<(String, std::net::TcpListener)> = self
+            .source
+            .app()
+            .listener_dups()?
+            .into_iter()
+            .map(|(a, l)| (a.to_string(), l))
+            .collect();
+        sockets.push((upgrade::admin_name(), self.admin.try_clone()?));
+        Ok(sockets)
+    }
+
+    fn begin(&self) -> u64 {
+        self.source.begin_handoff()
+    }
+
+    fn cancel(&self) {
+        self.source.cancel_handoff();
+    }
 }
 
 async fn reload(app: &Arc<App>, source: &Source, path: &Path, running: &Config) {

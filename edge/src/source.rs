@@ -4,31 +4,43 @@
 //! owns them: once a table has been pushed, pushed tables replace the
 //! file's `[[envs]]`, `[[instances]]` and `[[routes]]`, and every push that
 //! is applied is written to `control.state_dir/routing.json` (atomically,
-//! fsynced) before it is acknowledged. At start that file, if present, is
-//! applied before anything else, so an edge restarted while the agent or
-//! the control plane is down serves the routes it had (static stability).
+//! fsynced, with its format, fence and table version: see [`state`])
+//! before it is acknowledged. At start that file, if present, is applied
+//! before anything else, so an edge restarted while the agent or the
+//! control plane is down serves the routes it had (static stability).
+//!
+//! A saved file that cannot be read, or that a newer edge wrote, is never
+//! guessed at nor overwritten: it is renamed to
+//! `routing.json.unreadable-<unix seconds>`, counted, logged, and the edge
+//! holds `/readyz` at 503 `state_unreadable` until a push arrives. An edge
+//! with `[control]`, no routes in edge.toml and no saved table holds it at
+//! `never_synced` the same way.
+//!
+//! Pushes are fenced (see [`state::Fence::admit`]): a second agent, or one
+//! restored from an old backup, cannot roll the table back.
 //!
 //! SIGHUP re-reads `edge.toml` for policy and overlay and re-applies the
 //! current routing under them: a pushed table is never replaced by the
 //! file's routes.
 
-use std::path::PathBuf;
+pub mod state;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use route_model::{RoutingSpec, SpecError};
-use serde::{Deserialize, Serialize};
 
-use crate::app::App;
+use crate::app::{App, NotReady};
 use crate::config::Config;
+use state::{Decoded, Fence, Saved, Stale};
 
 const STATE_FILE: &str = "routing.json";
 
-/// A table pushed by edge-agent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A table pushed by edge-agent, parsed.
+#[derive(Debug, Clone)]
 pub struct Pushed {
-    /// The agent's cursor (newest event_id) this table includes.
-    pub source_version: u64,
-    pub routing: RoutingSpec,
+    pub fence: Fence,
+    pub routing: Arc<RoutingSpec>,
 }
 
 /// The result of applying routing: the live table version and what
@@ -39,12 +51,19 @@ pub struct Applied {
     pub errors: Vec<SpecError>,
 }
 
-/// Why a push could not be made durable.
+/// Why a push was not applied.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot persist the route table to {path}: {source}")]
-pub struct PersistError {
-    path: PathBuf,
-    source: std::io::Error,
+pub enum PushError {
+    #[error(transparent)]
+    Stale(#[from] Stale),
+    #[error("cannot persist the route table to {path}: {source}")]
+    Persist {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// This process handed its listeners to a new one (upgrade).
+    #[error("this edge process is handing over to a new one; reconnect to the control socket")]
+    HandedOver,
 }
 
 /// The routing source, serialising every change (SIGHUP and pushes).
@@ -57,85 +76,264 @@ pub struct Source {
 #[derive(Debug)]
 struct State {
     config: Config,
-    pushed: Option<Pushed>,
+    pushed: Option<Saved>,
+    /// Set when an upgrade handoff begins: pushes are refused from then on
+    /// (unless the handoff fails), so none lands in a process that is
+    /// about to stop serving.
+    handing_over: bool,
 }
 
 impl Source {
-    /// Loads the persisted table, if `[control]` is configured and one
-    /// exists. A file that cannot be read is logged and ignored: the
-    /// edge.toml routes serve until the agent pushes.
+    /// Loads the saved table, if `[control]` is configured and one exists
+    /// (moving an unreadable one aside), and sets what readiness waits for.
     pub fn new(app: Arc<App>, config: Config) -> Source {
-        let pushed = config.control.as_ref().and_then(|c| {
-            let path = c.state_dir.join(STATE_FILE);
-            match durable::read_optional(&path) {
-                Ok(None) => None,
-                Ok(Some(bytes)) => match serde_json::from_slice::<Pushed>(&bytes) {
-                    Ok(p) => {
-                        tracing::info!(path = %path.display(), source_version = p.source_version, "loaded the last pushed route table");
-                        Some(p)
-                    }
-                    Err(e) => {
-                        tracing::error!(path = %path.display(), error = %e, "persisted route table unreadable; ignoring it");
-                        None
-                    }
-                },
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot read the persisted route table");
+        let mut pushed = None;
+        if let Some(control) = &config.control {
+            let not_synced = match load(&control.state_dir, &app) {
+                Some(saved) => {
+                    app.continue_from(saved.table_version);
+                    pushed = Some(saved);
                     None
                 }
-            }
-        });
+                None if app.shared.not_synced().is_some() => app.shared.not_synced(),
+                None if config.routing.routes.is_empty() => Some(NotReady::NeverSynced),
+                None => None,
+            };
+            app.shared.set_not_synced(not_synced);
+        }
         Source {
             app,
-            state: tokio::sync::Mutex::new(State { config, pushed }),
+            state: tokio::sync::Mutex::new(State {
+                config,
+                pushed,
+                handing_over: false,
+            }),
         }
     }
 
     /// Applies the current routing under the current config.
+    /// A pushed table re-applied is saved again with its new version, so
+    /// versions keep growing across a restart.
     pub async fn apply_current(&self) -> Applied {
-        let state = self.state.lock().await;
-        let routing = state
-            .pushed
-            .as_ref()
-            .map_or(&state.config.routing, |p| &p.routing);
-        let (version, errors) = self.app.apply(&state.config, routing).await;
+        let mut state = self.state.lock().await;
+        let Some(pushed) = state.pushed.clone() else {
+            let routing = Arc::new(state.config.routing.clone());
+            let (version, errors) = self.app.apply(&state.config, routing).await;
+            return Applied { version, errors };
+        };
+        let dir = state.config.control.as_ref().map(|c| c.state_dir.clone());
+        let to_save = pushed.clone();
+        // Serving the table matters more than saving its new version: a
+        // failure is logged and the table still applies.
+        let persist = move |version: u64| {
+            if let Some(dir) = dir {
+                let saved = Saved {
+                    table_version: version,
+                    ..to_save
+                };
+                if let Err(e) = persist(&dir, &saved) {
+                    tracing::error!(error = %e, "the re-applied table's version is not saved");
+                }
+            }
+            Ok::<(), std::convert::Infallible>(())
+        };
+        let routing = Arc::clone(&pushed.routing);
+        let (version, errors) = match self.app.apply_with(&state.config, routing, persist).await {
+            Ok(applied) => applied,
+            Err(never) => match never {},
+        };
+        if let Some(p) = state.pushed.as_mut() {
+            p.table_version = version;
+        }
         Applied { version, errors }
     }
 
     /// SIGHUP: a new `edge.toml`; its routes apply unless a table was pushed.
     pub async fn reload(&self, config: Config) -> Applied {
-        self.state.lock().await.config = config;
+        {
+            let mut state = self.state.lock().await;
+            if state.handing_over {
+                tracing::warn!("reload ignored: this process is handing over to a new one");
+                return Applied {
+                    version: self.app.shared.live.load().table.version(),
+                    errors: Vec::new(),
+                };
+            }
+            let shared = &self.app.shared;
+            if state.pushed.is_none()
+                && !config.routing.routes.is_empty()
+                && shared.not_synced() == Some(NotReady::NeverSynced)
+            {
+                shared.set_not_synced(None);
+            }
+            state.config = config;
+        }
         self.apply_current().await
     }
 
-    /// A push from edge-agent: persisted, then applied, then answered. A
-    /// table that cannot be made durable is refused and not applied, so
-    /// what the edge serves is always what it would load after a restart.
-    pub async fn push(&self, pushed: Pushed) -> Result<Applied, PersistError> {
+    /// Refuses early (before parsing a large table) a push the fence or a
+    /// handoff would refuse anyway.
+    pub async fn precheck(&self, fence: &Fence) -> Result<(), PushError> {
+        let state = self.state.lock().await;
+        state.admit(fence)
+    }
+
+    /// A push from edge-agent: fenced, compiled and persisted off the
+    /// runtime, then applied, then answered. A table that cannot be made
+    /// durable is refused and not applied, so what the edge serves is
+    /// always what it would load after a restart.
+    pub async fn push(&self, pushed: Pushed) -> Result<Applied, PushError> {
         let mut state = self.state.lock().await;
-        if let Some(control) = &state.config.control {
-            let path = control.state_dir.join(STATE_FILE);
-            let bytes = serde_json::to_vec(&pushed).expect("a RoutingSpec always serialises");
-            let written = std::fs::create_dir_all(&control.state_dir)
-                .and_then(|()| durable::write_atomic(&path, &bytes));
-            written.map_err(|source| PersistError { path, source })?;
-        }
-        let (version, errors) = self.app.apply(&state.config, &pushed.routing).await;
-        state.pushed = Some(pushed);
+        state.admit(&pushed.fence)?;
+        let saved = Saved {
+            format: state::FORMAT,
+            fence: pushed.fence,
+            table_version: 0,
+            routing: pushed.routing,
+        };
+        let target = state.config.control.as_ref().map(|c| c.state_dir.clone());
+        let to_save = saved.clone();
+        let persist = move |version: u64| match target {
+            Some(dir) => persist(
+                &dir,
+                &Saved {
+                    table_version: version,
+                    ..to_save
+                },
+            ),
+            None => Ok(()),
+        };
+        let (version, errors) = self
+            .app
+            .apply_with(&state.config, Arc::clone(&saved.routing), persist)
+            .await?;
+        let old = state.pushed.replace(Saved {
+            table_version: version,
+            ..saved
+        });
+        // Freeing a large table takes time: not on the runtime.
+        tokio::task::spawn_blocking(move || drop(old));
+        self.app.shared.set_not_synced(None);
         Ok(Applied { version, errors })
     }
 
-    /// The `source_version` of the live pushed table (0 for edge.toml).
-    pub async fn source_version(&self) -> u64 {
+    /// Upgrade: refuses pushes from now on and returns the live table
+    /// version, to hand over. Blocking: call it from a blocking thread.
+    pub fn begin_handoff(&self) -> u64 {
+        let mut state = self.state.blocking_lock();
+        state.handing_over = true;
+        self.app.shared.live.load().table.version()
+    }
+
+    /// Upgrade: the handoff failed; this process goes on serving pushes.
+    pub fn cancel_handoff(&self) {
+        self.state.blocking_lock().handing_over = false;
+    }
+
+    /// True once a handoff has begun (and not failed).
+    pub async fn handing_over(&self) -> bool {
+        self.state.lock().await.handing_over
+    }
+
+    /// The fence of the live pushed table (default for edge.toml).
+    pub async fn fence(&self) -> Fence {
         self.state
             .lock()
             .await
             .pushed
             .as_ref()
-            .map_or(0, |p| p.source_version)
+            .map(|p| p.fence.clone())
+            .unwrap_or_default()
     }
 
     pub fn app(&self) -> &Arc<App> {
         &self.app
     }
+}
+
+impl State {
+    fn admit(&self, fence: &Fence) -> Result<(), PushError> {
+        if self.handing_over {
+            return Err(PushError::HandedOver);
+        }
+        match &self.pushed {
+            Some(live) => Ok(live.fence.admit(fence)?),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Reads `dir/routing.json`: the saved table, or `None` when there is none
+/// or it cannot be used (then it is moved aside, counted, and readiness is
+/// held at `state_unreadable`).
+fn load(dir: &Path, app: &App) -> Option<Saved> {
+    let path = dir.join(STATE_FILE);
+    let why = match durable::read_optional(&path) {
+        Ok(None) => return None,
+        Ok(Some(bytes)) => match state::decode(&bytes) {
+            Decoded::Usable(saved) => {
+                tracing::info!(
+                    path = %path.display(),
+                    source_version = saved.fence.source_version,
+                    generation = saved.fence.generation,
+                    table_version = saved.table_version,
+                    "loaded the last pushed route table"
+                );
+                return Some(saved);
+            }
+            Decoded::Unreadable(e) => format!("does not parse: {e}"),
+            Decoded::NewerFormat(f) => {
+                format!(
+                    "format {f} is newer than this edge reads ({})",
+                    state::FORMAT
+                )
+            }
+        },
+        Err(e) => format!("cannot be read: {e}"),
+    };
+    app.shared.metrics.state_unreadable.inc();
+    app.shared.set_not_synced(Some(NotReady::StateUnreadable));
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = dir.join(format!("{STATE_FILE}.unreadable-{secs}"));
+    match move_aside(&path, &aside) {
+        Ok(aside) => tracing::error!(
+            path = %path.display(),
+            kept_as = %aside.display(),
+            why,
+            "saved route table unusable: moved aside; not ready until edge-agent pushes a table"
+        ),
+        Err(e) => tracing::error!(
+            path = %path.display(),
+            why,
+            error = %e,
+            "saved route table unusable and cannot be moved aside; not ready until edge-agent pushes a table"
+        ),
+    }
+    None
+}
+
+/// Renames `from` to `to`, or to `to.N` when that exists: a kept file is
+/// never overwritten.
+fn move_aside(from: &Path, to: &Path) -> std::io::Result<PathBuf> {
+    let mut target = to.to_owned();
+    let mut n = 1;
+    while target.exists() {
+        let mut name = to.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        target = PathBuf::from(name);
+        n += 1;
+    }
+    std::fs::rename(from, &target)?;
+    Ok(target)
+}
+
+/// Writes `saved` to `dir/routing.json`, atomically and fsynced.
+fn persist(dir: &Path, saved: &Saved) -> Result<(), PushError> {
+    let path = dir.join(STATE_FILE);
+    let bytes = state::encode(saved);
+    std::fs::create_dir_all(dir)
+        .and_then(|()| durable::write_atomic(&path, &bytes))
+        .map_err(|source| PushError::Persist { path, source })
 }

@@ -5,17 +5,25 @@
 //! started with the same config connects to it at start and receives
 //! duplicates of every listening socket (the public pairs and the admin
 //! listener) with SCM_RIGHTS, adopts them instead of binding, applies its
-//! table, and once ready writes `ready`. Only then does the old process
-//! stop accepting and drain its open tunnels. The listening sockets are
+//! table, closes the inherited sockets its table does not need, and once
+//! ready writes `ready`. Only then does the old process stop accepting and
+//! drain its open tunnels. The listening sockets are
 //! never closed in between, so a connection arriving at any moment is
 //! queued on a socket one of the two processes accepts from: none is
 //! refused, and no tunnel is cut (each stays with the process that
 //! accepted it until it ends or `drain_timeout_ms` passes).
 //!
+//! The control API moves too: from the moment a handoff begins the old
+//! process refuses pushes (UNAVAILABLE: the agent retries and reconnects
+//! to the socket path, which the new process has bound by then), and at
+//! the handoff it shuts its control server down. The table version goes
+//! with the sockets, so versions keep growing across the upgrade.
+//!
 //! Wire format: a sequence of messages, each one line of JSON
 //! `{"addrs": ["[::1]:443", "admin", …]}` carrying as many descriptors, in
-//! the same order, and a final `{"done": true}`; then the new process
-//! answers `ready\n`.
+//! the same order, and a final `{"done": true, "table_version": N}` (a
+//! missing `table_version` reads as 0); then the new process answers
+//! `ready\n`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -40,6 +48,13 @@ struct Message {
     addrs: Vec<String>,
     #[serde(default)]
     done: bool,
+    /// The old process's live table version (in the `done` message).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    table_version: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Listening sockets received from the previous process.
@@ -47,6 +62,9 @@ struct Message {
 pub struct Handoff {
     pub listeners: HashMap<SocketAddr, TcpListener>,
     pub admin: Option<TcpListener>,
+    /// The table version the previous process served: this one continues
+    /// after it.
+    pub table_version: u64,
     stream: UnixStream,
 }
 
@@ -78,6 +96,7 @@ pub fn take_over(path: &Path) -> std::io::Result<Option<Handoff>> {
     let mut handoff = Handoff {
         listeners: HashMap::new(),
         admin: None,
+        table_version: 0,
         stream,
     };
     let mut buf = vec![0u8; 64 * 1024];
@@ -97,6 +116,7 @@ pub fn take_over(path: &Path) -> std::io::Result<Option<Handoff>> {
             let message: Message = serde_json::from_slice(&line)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
             if message.done {
+                handoff.table_version = message.table_version;
                 return Ok(Some(handoff));
             }
             for addr in message.addrs {
@@ -135,34 +155,46 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     crate::control::bind_private(path)
 }
 
+/// What the old process hands over, and how it freezes its own changes.
+pub trait Handover {
+    /// Duplicates of the listening sockets, by wire name.
+    fn sockets(&self) -> std::io::Result<Vec<(String, TcpListener)>>;
+    /// A handoff begins: stop taking table changes; the live version.
+    fn begin(&self) -> u64;
+    /// The handoff failed: take changes again.
+    fn cancel(&self);
+}
+
 /// Old process: serves one handoff at a time until a new process reports
 /// ready. Blocking: run it on a blocking thread.
-pub fn serve(
-    listener: UnixListener,
-    sockets: impl Fn() -> std::io::Result<Vec<(String, TcpListener)>>,
-) {
+pub fn serve(listener: UnixListener, handover: &impl Handover) {
     loop {
         let Ok((mut stream, _)) = listener.accept() else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
-        match hand_over(&mut stream, &sockets) {
+        let table_version = handover.begin();
+        match hand_over(&mut stream, handover, table_version) {
             Ok(()) => {
                 tracing::info!(
                     "upgrade: the new edge is ready; this process stops accepting and drains"
                 );
                 return;
             }
-            Err(e) => tracing::error!(error = %e, "upgrade handoff failed; still serving"),
+            Err(e) => {
+                handover.cancel();
+                tracing::error!(error = %e, "upgrade handoff failed; still serving");
+            }
         }
     }
 }
 
 fn hand_over(
     stream: &mut UnixStream,
-    sockets: &impl Fn() -> std::io::Result<Vec<(String, TcpListener)>>,
+    handover: &impl Handover,
+    table_version: u64,
 ) -> std::io::Result<()> {
-    let sockets = sockets()?;
+    let sockets = handover.sockets()?;
     tracing::info!(
         listeners = sockets.len(),
         "upgrade: handing listeners to a new edge process"
@@ -171,13 +203,21 @@ fn hand_over(
         let message = Message {
             addrs: chunk.iter().map(|(a, _)| a.clone()).collect(),
             done: false,
+            table_version: 0,
         };
         let mut line = serde_json::to_vec(&message).expect("a message serialises");
         line.push(b'\n');
         let fds: Vec<RawFd> = chunk.iter().map(|(_, l)| l.as_raw_fd()).collect();
         send_all(stream, &line, &fds)?;
     }
-    send_all(stream, b"{\"done\":true}\n", &[])?;
+    let done = Message {
+        addrs: Vec::new(),
+        done: true,
+        table_version,
+    };
+    let mut line = serde_json::to_vec(&done).expect("a message serialises");
+    line.push(b'\n');
+    send_all(stream, &line, &[])?;
     stream.set_read_timeout(Some(READY_TIMEOUT))?;
     let mut answer = String::new();
     BufReader::new(&*stream).read_line(&mut answer)?;

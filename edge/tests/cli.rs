@@ -86,3 +86,93 @@ fn unreadable_or_invalid_config_exits_64_naming_the_problem() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("limits.idle_timeout_ms"));
 }
+
+#[test]
+fn a_bad_command_line_exits_64_and_help_exits_0() {
+    let out = edge().arg("--no-such-flag").output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+    let out = edge().args(["check", "--config"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "a missing value: {out:?}");
+    let out = edge().args(["frobnicate"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "an unknown subcommand: {out:?}"
+    );
+    for ok in [&["--help"][..], &["check", "--help"], &["--version"]] {
+        let out = edge().args(ok).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{ok:?}: {out:?}");
+        assert!(!out.stdout.is_empty(), "{ok:?} prints to stdout");
+    }
+}
+
+#[test]
+fn check_syntax_only_passes_rejected_objects_and_fails_on_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.toml");
+    let mut text = std::fs::read_to_string(example("contract.toml")).unwrap();
+    text.push_str(concat!(
+        "\n[[routes]]\nid = \"r-smtp\"\nenv = \"acme/shop/prod\"\nhostname = \"mail.example.com\"\n",
+        "listen_port = 25\nprotocol = \"tcp_raw\"\nbackend_port = 25\n",
+    ));
+    std::fs::write(&path, &text).unwrap();
+    let strict = edge()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(strict.status.code(), Some(65), "plain check stays strict");
+    let out = edge()
+        .args(["check", "--syntax-only", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("config ok: 1 envs, 1 instances, 2 routes"),
+        "{stdout}"
+    );
+
+    for (broken, names) in [
+        ("[admin\nlisten = 1\n", "edge.toml"),
+        (
+            "[[routes]]\nid = \"r\"\nlisten_port = \"https\"\n",
+            "listen_port",
+        ),
+        ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+        (
+            "[overlay]\nallowed_backends = [\"::1/129\"]\n",
+            "prefix length",
+        ),
+    ] {
+        std::fs::write(&path, broken).unwrap();
+        let out = edge()
+            .args(["check", "--syntax-only", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{broken:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(names), "{broken:?}: {stderr}");
+    }
+    let out = edge()
+        .args([
+            "check",
+            "--syntax-only",
+            "--config",
+            "/nonexistent/edge.toml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn the_quick_start_example_fits_a_default_descriptor_limit() {
+    let text = std::fs::read_to_string(example("local.toml")).unwrap();
+    let config = edge::config::Config::parse(&text, std::path::Path::new("local.toml")).unwrap();
+    // A shell's default `ulimit -n` is 1024: 256 kept back, 2 per connection.
+    assert!(config.limits.max_connections <= (1024 - 256) / 2);
+}

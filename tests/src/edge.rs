@@ -378,6 +378,28 @@ impl Edge {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// Starts an edge with `[control]` that has no routes of its own and
+    /// waits until it is up: /readyz answers 200, or 503
+    /// `{"reason":"never_synced"}` (a new node is not ready before its
+    /// first push; start the agent next).
+    pub async fn start_unsynced(toml: &Toml) -> Edge {
+        let edge = Edge::spawn(toml, &[]);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match get(edge.admin, "/readyz").await {
+                Ok((200, _)) => return edge,
+                Ok((503, body)) if body.contains("never_synced") => return edge,
+                _ => {}
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "edge not up in time; log:\n{}",
+                edge.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Edge {

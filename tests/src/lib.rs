@@ -11,6 +11,7 @@
 //! - [`client`]: TLS clients that verify the backend's certificate through
 //!   the edge, and helpers for raw bytes.
 //! - [`agent`]: edge-agent as a process, its config and metrics.
+//! - [`control`]: the edge's control API driven directly (pushes, status).
 //! - [`reference_feed`]: the control plane's event feed, in memory, on
 //!   gRPC and HTTP (docs/event-contract.md).
 //! - [`site`]: the one-env, one-route fixture most tests start from.
@@ -21,6 +22,7 @@ pub mod agent;
 pub mod backend;
 pub mod ca;
 pub mod client;
+pub mod control;
 pub mod edge;
 pub mod ports;
 pub mod reference_feed;

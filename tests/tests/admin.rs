@@ -62,6 +62,18 @@ async fn admin_endpoints_answer_as_the_contract_says() {
     ] {
         assert!(metrics.contains(family), "{family} missing from /metrics");
     }
+    // Series that count rare events are there from the start, at 0.
+    for series in [
+        "edge_accept_errors_total{kind=\"fd_exhausted\"} 0",
+        "edge_accept_errors_total{kind=\"other\"} 0",
+        "edge_tunnels_closed_total{cause=\"route_deleted\"} 0",
+        "edge_reloads_total{result=\"error\"} 0",
+        "edge_connections_rejected_total{reason=\"backend_connect_failed\"} 0",
+        "edge_control_pushes_total{outcome=\"refused\"} 0",
+        "edge_state_unreadable_total 0",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics");
+    }
     assert_eq!(edge.metric("edge_routes", &[]).await, 2.0);
     assert_eq!(edge.get("/nope").await.0, 404);
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_tests::client::{read_line, tls_connect, who_answers};
-use edge_tests::edge::{Edge, Toml};
+use edge_tests::edge::{Edge, Route, Toml};
 use edge_tests::site::{Shop, HOST};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -175,4 +175,177 @@ async fn sigusr2_starts_a_successor_that_takes_over() {
     assert_eq!(failed, 0);
     assert!(ok > 10, "{ok}");
     assert_eq!(served.unwrap(), "web", "the successor serves");
+}
+
+/// Kills a process by PID when dropped (a successor started by SIGUSR2).
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// The PID of the successor `edge` started, from the shared log.
+async fn successor_pid(edge: &Edge) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = edge.log();
+        let found = log
+            .lines()
+            .filter(|l| l.contains("edge started"))
+            .filter_map(|l| {
+                l.split("pid=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .find(|pid| *pid != edge.pid());
+        if let Some(pid) = found {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no successor in the log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_the_new_table_does_not_need_are_closed_and_versions_go_on() {
+    let shop = Arc::new(Shop::new().await);
+    let dir = tempfile::tempdir().unwrap();
+    let dropped_port = edge_tests::ports::free_port();
+    let base = Toml::new().upgrade(&dir.path().join("upgrade.sock"));
+    let new_toml = shop.toml(base.clone(), false);
+    // The old process also serves a route on a second port.
+    let env = edge_tests::site::ENV;
+    let old_toml = base
+        .policy(
+            "ipv6_extra_ports",
+            &format!("[{}, {dropped_port}]", shop.port),
+        )
+        .env(env, &["::1"], None, &[])
+        .instance("i-1", env, "web", "::1")
+        .route(Route::tls(
+            "r-shop",
+            env,
+            HOST,
+            shop.port,
+            shop.backend.addr.port(),
+        ))
+        .route(Route::tls(
+            "r-old",
+            env,
+            "old.example.com",
+            dropped_port,
+            shop.backend.addr.port(),
+        ));
+    let dropped = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, dropped_port));
+    let old = Edge::start(&old_toml).await;
+    old.reload(&old_toml).await;
+    old.reload(&old_toml).await;
+    let old_version = old.version().await;
+    assert_eq!(old_version, 3);
+    tokio::net::TcpStream::connect(dropped).await.unwrap();
+
+    let new = Edge::spawn(&new_toml, &[]);
+    wait_for_log(
+        &new,
+        "closing an inherited listener the table does not need",
+    )
+    .await;
+    wait_for_log(&old, "the new edge is ready").await;
+    // The old process closes its copies at once: the pair refuses.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match tokio::net::TcpStream::connect(dropped).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "{dropped} still accepts after the handoff: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(who_answers(shop.v6(), HOST, &shop.ca).await.unwrap(), "web");
+    assert!(
+        new.log().contains(&format!("version={}", old_version + 1)),
+        "the new process continues after version {old_version}:\n{}",
+        new.log()
+    );
+    new.wait_ready().await;
+    assert_eq!(new.version().await, old_version + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigusr2_the_old_process_refuses_control_calls_and_pushes_reach_the_new_one() {
+    use edge_tests::control::{routing, Control, Push};
+    let dir = tempfile::tempdir().unwrap();
+    let port = edge_tests::ports::free_port();
+    let socket = dir.path().join("control.sock");
+    let toml = Toml::new()
+        .upgrade(&dir.path().join("upgrade.sock"))
+        .control(&socket, &dir.path().join("state"))
+        .policy("ipv6_extra_ports", &format!("[{port}]"));
+    let mut edge = Edge::spawn(&toml, &[]);
+    let control = Control::new(&socket);
+    control.wait_up().await;
+    let first = control
+        .push(&Push::new(
+            routing(&[("r-a", "a.example.com", port)], 9),
+            1,
+            1,
+        ))
+        .await
+        .unwrap();
+    let mut to_old = control.connect_once().await;
+    to_old
+        .status(edge_proto::control::StatusRequest {})
+        .await
+        .expect("the old process answers before the upgrade");
+
+    edge.signal("USR2");
+    let _successor = KillOnDrop(Some(successor_pid(&edge).await));
+    wait_for_log(&edge, "the new edge is ready").await;
+    let handed_over = Instant::now();
+
+    // A push on the connection to the old process fails...
+    let second = Push::new(routing(&[("r-b", "b.example.com", port)], 9), 1, 2);
+    let on_old = edge_tests::control::push_on(&mut to_old, &second).await;
+    assert!(
+        on_old.is_err(),
+        "the old process answered a push after the handoff: {on_old:?}"
+    );
+    // ... and, reconnecting as the agent does, it lands on the new one.
+    let landed = loop {
+        match control.push(&second).await {
+            Ok(r) => break r,
+            Err(e) => assert!(
+                handed_over.elapsed() < Duration::from_secs(2),
+                "no push landed within 2 s of the handoff: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!(
+        "a push landed on the new process {:?} after the handoff",
+        handed_over.elapsed()
+    );
+    assert!(landed.ack);
+    assert!(landed.table_version > first.table_version);
+    let status = edge
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("the old process exits after the handoff");
+    assert!(status.success());
+    assert_eq!(
+        edge_tests::control::route_ids(&edge.get("/routes").await.1),
+        ["r-b"],
+        "the new process serves the pushed table"
+    );
 }

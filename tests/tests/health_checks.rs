@@ -251,3 +251,66 @@ async fn health_state_survives_a_reload_and_leaves_with_its_instance() {
     );
     assert_eq!(edge.metric("edge_health_targets", &[]).await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_cost_instances_over_interval_however_many_routes_share_them() {
+    const INSTANCES: usize = 50;
+    const ROUTES: usize = 10_000;
+    const INTERVAL_MS: u64 = 500;
+    let (backend_port, health_port, port) = (free_port(), free_port(), free_port());
+    let addrs: Vec<LoAddr> = (0..INSTANCES)
+        .map(|i| LoAddr::add(&format!("fd00:e1::1:{:x}", i + 1)))
+        .collect();
+    let mut listeners = Vec::with_capacity(INSTANCES);
+    let mut toml = Toml::new()
+        .policy("ipv6_extra_ports", &format!("[{port}]"))
+        .env(ENV, &["::1"], None, &[]);
+    for (i, a) in addrs.iter().enumerate() {
+        let at = SocketAddr::from((a.addr, health_port));
+        listeners.push(Backend::start(at, "h", Mode::Tcp, false).await);
+        toml = toml.instance(&format!("i-{i}"), ENV, "web", &a.addr.to_string());
+    }
+    for r in 0..ROUTES {
+        let host = format!("r{r}.example.com");
+        toml = toml
+            .route(Route::tls(
+                &format!("r-{r}"),
+                ENV,
+                &host,
+                port,
+                backend_port,
+            ))
+            .append(&health_source(health_port));
+    }
+    let toml = toml.append(&format!(
+        "[health]\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = {INTERVAL_MS}\n"
+    ));
+    let edge = Edge::start(&toml).await;
+    assert_eq!(edge.metric("edge_routes", &[]).await, ROUTES as f64);
+    assert_eq!(
+        edge.metric("edge_health_targets", &[]).await,
+        INSTANCES as f64
+    );
+
+    // Past the first (randomly phased) interval, count for 4 s.
+    tokio::time::sleep(Duration::from_millis(2 * INTERVAL_MS)).await;
+    let count = |l: &[Backend]| l.iter().map(Backend::accepted).sum::<usize>();
+    let before = count(&listeners);
+    let window = Duration::from_secs(4);
+    tokio::time::sleep(window).await;
+    let probes = count(&listeners) - before;
+    let per_second = probes as f64 / window.as_secs_f64();
+    let expected = INSTANCES as f64 * 1000.0 / INTERVAL_MS as f64;
+    eprintln!("MEASURED probes_per_second={per_second:.1} expected={expected} ({INSTANCES} instances, {ROUTES} routes, interval {INTERVAL_MS} ms)");
+    assert!(
+        (0.8 * expected..=1.2 * expected).contains(&per_second),
+        "{per_second:.1} probes/s for {INSTANCES} instances every {INTERVAL_MS} ms (expected {expected})"
+    );
+    for (i, l) in listeners.iter().enumerate() {
+        assert!(
+            l.accepted() >= 4,
+            "instance {i} probed {} times",
+            l.accepted()
+        );
+    }
+}

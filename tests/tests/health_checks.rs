@@ -314,3 +314,43 @@ async fn probes_cost_instances_over_interval_however_many_routes_share_them() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_are_dialled_like_backends_from_the_overlay_source() {
+    let instance = LoAddr::add("fd00:e1::405");
+    let source = LoAddr::add("fd00:e1::406");
+    let (backend_port, health_port, port) = (free_port(), free_port(), free_port());
+    let probed = Backend::start(
+        SocketAddr::from((instance.addr, health_port)),
+        "h",
+        Mode::Tcp,
+        false,
+    )
+    .await;
+    // The first lines of the body still belong to `[overlay]`.
+    let toml = Toml::new()
+        .append(&format!("source = \"{}\"", source.addr))
+        .policy("ipv6_extra_ports", &format!("[{port}]"))
+        .env(ENV, &["::1"], None, &[])
+        .instance("i-a", ENV, "web", &instance.addr.to_string())
+        .route(Route::tls("r-shop", ENV, HOST, port, backend_port))
+        .append(&health_source(health_port))
+        .append(&health(INTERVAL_MS));
+    let edge = Edge::start(&toml).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while probed.accepted() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no probes; log:\n{}",
+            edge.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let peers: Vec<std::net::IpAddr> = probed.seen().iter().map(|s| s.peer.ip()).collect();
+    assert!(
+        peers
+            .iter()
+            .all(|p| *p == std::net::IpAddr::V6(source.addr)),
+        "probes come from overlay.source: {peers:?}"
+    );
+}

@@ -71,6 +71,7 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let live = shared.live.load();
             let mut body = routes_json(&live.table);
             body["rejected"] = live.errors.iter().map(|e| json!(e.to_string())).collect();
+            crate::health::view::annotate(&mut body, &live.table, &shared.health);
             reply(StatusCode::OK, "application/json", body.to_string())
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),

@@ -26,8 +26,8 @@ use route_model::{compile, Compiled, RouteTable, RoutingSpec, SpecError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::backend::BackendLoad;
 use crate::config::{Config, Limits, Overlay};
+use crate::health::Health;
 use crate::limits::Admission;
 use crate::listen;
 use crate::metrics::Metrics;
@@ -54,7 +54,8 @@ pub struct Shared {
     pub forwarding: crate::forward::Mode,
     pub metrics: Metrics,
     pub admission: Arc<Admission>,
-    pub load: Arc<BackendLoad>,
+    /// The edge's own health signals, read by every connection.
+    pub health: Arc<Health>,
     pub rejects: RejectLog,
     pub withdrawals: Withdrawals,
     /// Listeners of the live table not bound yet.
@@ -175,6 +176,7 @@ pub struct App {
 impl App {
     pub fn new(config: &Config) -> Arc<App> {
         let limits = config.limits;
+        let metrics = Metrics::new();
         let shared = Arc::new(Shared {
             live: ArcSwap::from_pointee(Live {
                 table: RouteTable::default(),
@@ -183,9 +185,9 @@ impl App {
             }),
             limits,
             forwarding: config.forwarding.mode(),
-            metrics: Metrics::new(),
+            health: Health::new(config.health, &metrics),
+            metrics,
             admission: Admission::new(limits.max_connections, limits.max_connections_per_source),
-            load: Arc::new(BackendLoad::default()),
             rejects: RejectLog::new(),
             withdrawals: Withdrawals::default(),
             unbound: AtomicUsize::new(0),
@@ -281,12 +283,16 @@ impl App {
         }));
         tokio::task::spawn_blocking(move || drop(old));
         let live = shared.live.load_full();
+        shared.health.update(&live.table, &live.overlay);
         self.withdraw_deleted(deleted);
 
         let m = &shared.metrics;
         m.table_version.set(version as i64);
         m.routes.set(live.table.routes().len() as i64);
         m.routes_rejected.set(errors.len() as i64);
+        for e in &errors {
+            m.route_rejected(e.kind());
+        }
         m.listeners.set(live.table.listeners().count() as i64);
         tracing::info!(
             version,

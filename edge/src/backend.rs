@@ -1,17 +1,21 @@
 //! Choosing and dialling a backend instance over the IPv6 overlay.
 //!
-//! Choice is "two random choices": of two random healthy instances, the one
-//! with fewer open tunnels from this edge. It balances nearly as well as
+//! The instances come from [`Health::pick`]: the platform's healthy ones
+//! that the edge's own signals keep (or all of them, under the panic
+//! rule), and first an ejected instance whose backoff is over, so one
+//! client tests it. Choice is "two random choices": of two random
+//! candidates, the one with fewer open tunnels from this edge (a per-
+//! instance atomic, no lock). It balances nearly as well as
 //! least-connections without scanning every instance. On a failed or
 //! timed-out connect another untried instance is dialled, up to
-//! [`MAX_ATTEMPTS`]; the caller replays the peeked bytes to whichever
-//! answers. An address outside `overlay.allowed_backends` is never dialled,
-//! whatever the table says.
+//! [`MAX_ATTEMPTS`], and each outcome feeds the instance's passive
+//! ejection; the caller replays the peeked bytes to whichever answers. An
+//! address outside `overlay.allowed_backends` is never dialled, whatever
+//! the table says.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV6};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use route_model::TableRoute;
@@ -19,19 +23,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::Overlay;
+use crate::health::{Health, InstanceCell, LoadSlot};
 use crate::metrics::Metrics;
 use crate::reject::Reject;
 
 /// Instances tried for one client before giving up: enough to step over a
 /// dead instance or two without holding the client for many timeouts.
 pub const MAX_ATTEMPTS: usize = 3;
-
-/// Open tunnels per backend address, for the choice. Entries exist only
-/// while a tunnel is open, so the map is bounded by open connections.
-#[derive(Debug, Default)]
-pub struct BackendLoad {
-    open: Mutex<HashMap<SocketAddrV6, u32>>,
-}
 
 /// A connected backend; dropping it releases its load slot.
 #[derive(Debug)]
@@ -41,64 +39,37 @@ pub struct Backend {
     _slot: LoadSlot,
 }
 
-#[derive(Debug)]
-struct LoadSlot {
-    load: Arc<BackendLoad>,
-    addr: SocketAddrV6,
-}
-
-impl Drop for LoadSlot {
-    fn drop(&mut self) {
-        let mut open = self.load.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.addr) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.addr);
-            }
-        }
-    }
-}
-
-impl BackendLoad {
-    fn count(&self, addr: &SocketAddrV6) -> u32 {
-        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.get(addr).copied().unwrap_or(0)
-    }
-
-    fn slot(self: &Arc<Self>, addr: SocketAddrV6) -> LoadSlot {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        *open.entry(addr).or_insert(0) += 1;
-        LoadSlot {
-            load: Arc::clone(self),
-            addr,
-        }
-    }
-}
-
 /// Connects to a backend of `route`, trying another instance on failure.
 pub async fn connect(
     route: &TableRoute,
     overlay: &Overlay,
     connect_timeout: Duration,
-    load: &Arc<BackendLoad>,
+    health: &Health,
     metrics: &Metrics,
     speaks_first: bool,
 ) -> Result<Backend, Reject> {
     let port = route.route.backend_port;
-    let mut candidates: Vec<SocketAddrV6> = route
-        .backends
-        .iter()
-        .filter(|ip| overlay.policy.allows(**ip))
-        .map(|ip| SocketAddrV6::new(*ip, port, 0, 0))
-        .collect();
-    if candidates.is_empty() {
+    let pick = health.pick(route);
+    if pick.is_empty() {
         return Err(Reject::NoHealthyBackend);
     }
-    for _ in 0..MAX_ATTEMPTS.min(candidates.len()) {
-        let pick = choose(&candidates, load);
-        let addr = candidates.swap_remove(pick);
+    let mut trial = pick.trial;
+    let mut candidates = pick.candidates;
+    let attempts = MAX_ATTEMPTS.min(candidates.len() + usize::from(trial.is_some()));
+    for _ in 0..attempts {
+        let cell = match trial.take() {
+            Some(cell) => cell,
+            None => candidates.swap_remove(choose(&candidates)),
+        };
+        let addr = SocketAddrV6::new(cell.addr, port, 0, 0);
+        if !overlay.policy.allows(cell.addr) {
+            continue;
+        }
         let started = Instant::now();
-        match tokio::time::timeout(connect_timeout, dial(addr, overlay, speaks_first)).await {
+        let outcome =
+            tokio::time::timeout(connect_timeout, dial(addr, overlay, speaks_first)).await;
+        health.report(&cell, matches!(outcome, Ok(Ok(_))));
+        match outcome {
             Ok(Ok(stream)) => {
                 metrics
                     .connect_seconds
@@ -106,7 +77,7 @@ pub async fn connect(
                 return Ok(Backend {
                     stream,
                     addr,
-                    _slot: load.slot(addr),
+                    _slot: cell.slot(),
                 });
             }
             Ok(Err(e)) => {
@@ -123,14 +94,14 @@ pub async fn connect(
 }
 
 /// Two random choices, the less loaded wins.
-fn choose(candidates: &[SocketAddrV6], load: &BackendLoad) -> usize {
+fn choose(candidates: &[Arc<InstanceCell>]) -> usize {
     let n = candidates.len();
     if n == 1 {
         return 0;
     }
     let a = fastrand::usize(..n);
     let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-    if load.count(&candidates[b]) < load.count(&candidates[a]) {
+    if candidates[b].open() < candidates[a].open() {
         b
     } else {
         a
@@ -138,7 +109,12 @@ fn choose(candidates: &[SocketAddrV6], load: &BackendLoad) -> usize {
 }
 
 /// One IPv6 connect with the overlay's source address and mark.
-async fn dial(addr: SocketAddrV6, overlay: &Overlay, speaks_first: bool) -> io::Result<TcpStream> {
+/// Also the health prober's dial, so probes obey the same overlay rules.
+pub(crate) async fn dial(
+    addr: SocketAddrV6,
+    overlay: &Overlay,
+    speaks_first: bool,
+) -> io::Result<TcpStream> {
     let socket = Socket::new(
         Domain::IPV6,
         Type::STREAM.nonblocking(),
@@ -169,18 +145,14 @@ mod tests {
 
     #[test]
     fn two_choices_prefers_the_idle_backend() {
-        let load = Arc::new(BackendLoad::default());
-        let busy: SocketAddrV6 = "[fdaa::1]:80".parse().unwrap();
-        let idle: SocketAddrV6 = "[fdaa::2]:80".parse().unwrap();
-        let _slots: Vec<_> = (0..5).map(|_| load.slot(busy)).collect();
+        let busy = Arc::new(InstanceCell::detached("fdaa::1".parse().unwrap()));
+        let idle = Arc::new(InstanceCell::detached("fdaa::2".parse().unwrap()));
+        let slots: Vec<_> = (0..5).map(|_| busy.slot()).collect();
+        let both = [Arc::clone(&busy), Arc::clone(&idle)];
         for _ in 0..50 {
-            assert_eq!(choose(&[busy, idle], &load), 1);
+            assert_eq!(choose(&both), 1);
         }
-        drop(_slots);
-        assert_eq!(load.count(&busy), 0);
-        assert!(
-            load.open.lock().unwrap().is_empty(),
-            "idle entries are removed"
-        );
+        drop(slots);
+        assert_eq!(busy.open(), 0);
     }
 }

@@ -42,6 +42,8 @@ pub struct Config {
     pub forwarding: Forwarding,
     pub policy: PortPolicy,
     pub overlay: Overlay,
+    /// `[health]`: the edge's own checks (`crate::health`).
+    pub health: crate::health::HealthConfig,
     pub routing: RoutingSpec,
 }
 
@@ -181,6 +183,7 @@ impl Config {
                 source: raw.overlay.source,
                 fwmark: raw.overlay.fwmark.filter(|m| *m != 0),
             },
+            health: raw.health,
             routing: RoutingSpec {
                 envs: raw.envs,
                 instances: raw.instances,
@@ -205,6 +208,8 @@ struct RawConfig {
     policy: PortPolicy,
     #[serde(default)]
     overlay: RawOverlay,
+    #[serde(default)]
+    health: crate::health::HealthConfig,
     #[serde(default)]
     envs: Vec<EnvSpec>,
     #[serde(default)]

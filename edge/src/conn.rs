@@ -77,7 +77,7 @@ async fn route_and_forward(
         &route,
         &live.overlay,
         limits.connect_timeout,
-        &shared.load,
+        &shared.health,
         &shared.metrics,
         hello.is_some() || route.route.proxy_protocol,
     )

@@ -12,6 +12,8 @@
 //! - [`conn`]: the path of one connection.
 //! - [`peek`]: the I/O loop around the sans-IO `tls_peek` parser.
 //! - [`backend`]: choosing and dialling an instance, with failover.
+//! - [`health`]: the edge's own health checks and ejections, combined with
+//!   the platform's.
 //! - [`proxy_v2`]: the PROXY v2 header encoder (pure).
 //! - [`forward`]: the two-way byte pump with half-close and idle timeout.
 //! - [`reject`]: rejection reasons and the rate-limited log line.
@@ -30,6 +32,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod forward;
+pub mod health;
 pub mod limits;
 pub mod listen;
 pub mod metrics;

@@ -101,6 +101,38 @@ pub struct Metrics {
     pub log_lines_suppressed: IntCounter,
     pub state_unreadable: IntCounter,
     control_pushes: Resolved,
+    routes_rejected_total: IntCounterVec,
+    /// The edge's own health checks and ejections (`crate::health`).
+    pub health: HealthFamilies,
+}
+
+/// Health families. Per instance, never per route (a million routes share
+/// a few thousand instances); an instance's series are removed when it
+/// leaves the table, so the count stays bounded by live instances.
+#[derive(Debug, Clone)]
+pub struct HealthFamilies {
+    pub probes: IntCounterVec,
+    pub probe_failures: IntCounterVec,
+    pub ejections: IntCounterVec,
+    pub state_changes: IntCounterVec,
+    /// Connections served under the panic rule.
+    pub panics: IntCounter,
+    /// `(instance, port)` pairs probed.
+    pub targets: IntGauge,
+}
+
+impl HealthFamilies {
+    /// Drops the series of an instance that left the table.
+    pub fn remove_instance(&self, instance: &str) {
+        for f in [
+            &self.probes,
+            &self.probe_failures,
+            &self.ejections,
+            &self.state_changes,
+        ] {
+            let _ = f.remove_label_values(&[instance]);
+        }
+    }
 }
 
 impl Metrics {
@@ -244,6 +276,51 @@ impl Metrics {
                 )),
                 PUSH_OUTCOMES,
             ),
+            routes_rejected_total: reg!(IntCounterVec::new(
+                Opts::new(
+                    "edge_routes_rejected_total",
+                    "Routes, envs and instances rejected by validation, by reason, counted at every table applied."
+                ),
+                &["reason"]
+            )),
+            health: HealthFamilies {
+                probes: reg!(IntCounterVec::new(
+                    Opts::new(
+                        "edge_health_probes_total",
+                        "Health-check connect probes sent, by instance."
+                    ),
+                    &["instance"]
+                )),
+                probe_failures: reg!(IntCounterVec::new(
+                    Opts::new(
+                        "edge_health_probe_failures_total",
+                        "Health-check probes that failed or timed out, by instance."
+                    ),
+                    &["instance"]
+                )),
+                ejections: reg!(IntCounterVec::new(
+                    Opts::new(
+                        "edge_health_ejections_total",
+                        "Instances ejected after consecutive connect failures (or a failed trial), by instance."
+                    ),
+                    &["instance"]
+                )),
+                state_changes: reg!(IntCounterVec::new(
+                    Opts::new(
+                        "edge_health_state_changes_total",
+                        "Health check up/down flips and ejections/restorations, by instance."
+                    ),
+                    &["instance"]
+                )),
+                panics: reg!(IntCounter::new(
+                    "edge_health_panic_total",
+                    "Connections routed under the panic rule (the edge found every backend of the route down)."
+                )),
+                targets: reg!(IntGauge::new(
+                    "edge_health_targets",
+                    "(instance, port) pairs the edge probes."
+                )),
+            },
             registry,
         }
     }
@@ -262,6 +339,12 @@ impl Metrics {
 
     pub fn accept_error(&self, kind: &str) {
         self.accept_errors.inc(kind);
+    }
+
+    pub fn route_rejected(&self, reason: &str) {
+        self.routes_rejected_total
+            .with_label_values(&[reason])
+            .inc();
     }
 
     pub fn tunnel_closed(&self, cause: &str) {

@@ -2,7 +2,7 @@
 //! instance id) and the field or conflict, so `edge check`, the log and a
 //! NACK can say exactly what to fix. No I/O.
 
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::name::NameError;
 
@@ -19,6 +19,47 @@ pub enum EnvError {
     PortZero { env: String },
     #[error("env {env}: defined twice")]
     Duplicate { env: String },
+    #[error("env {env}: {field} {addr} is not a usable public unicast address ({why})")]
+    UnusableAddr {
+        env: String,
+        field: &'static str,
+        addr: IpAddr,
+        why: &'static str,
+    },
+    #[error("env {env}: ipv4 {addr} is already the dedicated IPv4 of env {owner}")]
+    Ipv4Taken {
+        env: String,
+        addr: Ipv4Addr,
+        owner: String,
+    },
+}
+
+impl EnvError {
+    /// A stable snake_case label for metrics.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            EnvError::UnusableAddr { .. } => "env_addr_unusable",
+            EnvError::Ipv4Taken { .. } => "env_ipv4_taken",
+            EnvError::BadId { .. }
+            | EnvError::BadIpv6 { .. }
+            | EnvError::BadIpv4 { .. }
+            | EnvError::PortZero { .. }
+            | EnvError::Duplicate { .. } => "bad_env",
+        }
+    }
+
+    /// The id of the rejected env, as written.
+    pub fn env_id(&self) -> &str {
+        match self {
+            EnvError::BadId { id: env }
+            | EnvError::BadIpv6 { env, .. }
+            | EnvError::BadIpv4 { env, .. }
+            | EnvError::PortZero { env }
+            | EnvError::Duplicate { env }
+            | EnvError::UnusableAddr { env, .. }
+            | EnvError::Ipv4Taken { env, .. } => env,
+        }
+    }
 }
 
 /// An `[[instances]]` entry that is never dialled.
@@ -38,6 +79,37 @@ pub enum InstanceError {
     OutsideOverlay { instance: String, addr: Ipv6Addr },
     #[error("instance {instance}: defined twice")]
     Duplicate { instance: String },
+    #[error("instance {instance}: addr {addr} is already instance {owner} of env {owner_env}")]
+    AddrTaken {
+        instance: String,
+        addr: Ipv6Addr,
+        owner: String,
+        owner_env: String,
+    },
+}
+
+impl InstanceError {
+    /// A stable snake_case label for metrics.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            InstanceError::AddrTaken { .. } => "instance_addr_taken",
+            _ => "bad_instance",
+        }
+    }
+
+    /// The id of the rejected instance, as written.
+    pub fn instance_id(&self) -> &str {
+        match self {
+            InstanceError::EmptyId => "",
+            InstanceError::BadEnv { instance, .. }
+            | InstanceError::EmptyProcessType { instance }
+            | InstanceError::BadAddr { instance, .. }
+            | InstanceError::Ipv4Addr { instance, .. }
+            | InstanceError::OutsideOverlay { instance, .. }
+            | InstanceError::Duplicate { instance }
+            | InstanceError::AddrTaken { instance, .. } => instance,
+        }
+    }
 }
 
 /// A `[[routes]]` entry that is not served. The other routes still load.
@@ -65,6 +137,18 @@ pub enum RouteError {
     EmptyProcessType { route: String },
     #[error("route {route}: ipv4_required but env {env} has no dedicated IPv4")]
     Ipv4Required { route: String, env: String },
+    #[error("route {route}: ipv4_required but listen_port {port} is not served on the IPv4 of env {env} (80/443, or the env's ports that policy.ipv4_allowed_ports allows; deny_ports wins)")]
+    Ipv4PortNotAllowed {
+        route: String,
+        env: String,
+        port: u16,
+    },
+    #[error("route {route}: health_source.{field} {why}")]
+    BadHealthSource {
+        route: String,
+        field: &'static str,
+        why: &'static str,
+    },
     #[error("route {route}: port {port} is not allowed on any address of env {env} (policy: IPv6 80/443 + ipv6_extra_ports; IPv4 80/443 + requested ports in ipv4_allowed_ports; deny_ports wins)")]
     PortNotAllowed {
         route: String,
@@ -113,6 +197,8 @@ impl RouteError {
             RouteError::BadProtocol { .. } => "bad_protocol",
             RouteError::PortZero { .. } | RouteError::EmptyProcessType { .. } => "bad_field",
             RouteError::Ipv4Required { .. } => "ipv4_required",
+            RouteError::Ipv4PortNotAllowed { .. } => "ipv4_port_not_allowed",
+            RouteError::BadHealthSource { .. } => "bad_health_source",
             RouteError::PortNotAllowed { .. } => "port_not_allowed",
             RouteError::HostnameInTwoEnvs { .. } => "hostname_in_two_envs",
             RouteError::TwoRawRoutes { .. } => "two_raw_routes",
@@ -133,6 +219,8 @@ impl RouteError {
             | RouteError::PortZero { route, .. }
             | RouteError::EmptyProcessType { route }
             | RouteError::Ipv4Required { route, .. }
+            | RouteError::Ipv4PortNotAllowed { route, .. }
+            | RouteError::BadHealthSource { route, .. }
             | RouteError::PortNotAllowed { route, .. }
             | RouteError::HostnameInTwoEnvs { route, .. }
             | RouteError::TwoRawRoutes { route, .. }
@@ -158,25 +246,8 @@ impl SpecError {
     /// can name the object without parsing the message.
     pub fn object(&self) -> (&'static str, &str) {
         match self {
-            SpecError::Env(
-                EnvError::BadId { id: env }
-                | EnvError::BadIpv6 { env, .. }
-                | EnvError::BadIpv4 { env, .. }
-                | EnvError::PortZero { env }
-                | EnvError::Duplicate { env },
-            ) => ("env", env),
-            SpecError::Instance(e) => (
-                "instance",
-                match e {
-                    InstanceError::EmptyId => "",
-                    InstanceError::BadEnv { instance, .. }
-                    | InstanceError::EmptyProcessType { instance }
-                    | InstanceError::BadAddr { instance, .. }
-                    | InstanceError::Ipv4Addr { instance, .. }
-                    | InstanceError::OutsideOverlay { instance, .. }
-                    | InstanceError::Duplicate { instance } => instance,
-                },
-            ),
+            SpecError::Env(e) => ("env", e.env_id()),
+            SpecError::Instance(e) => ("instance", e.instance_id()),
             SpecError::Route(e) => ("route", e.route_id()),
         }
     }
@@ -184,8 +255,8 @@ impl SpecError {
     /// `env`, `instance` or `route`, plus the kind, for metric labels.
     pub fn kind(&self) -> &'static str {
         match self {
-            SpecError::Env(_) => "bad_env",
-            SpecError::Instance(_) => "bad_instance",
+            SpecError::Env(e) => e.kind(),
+            SpecError::Instance(e) => e.kind(),
             SpecError::Route(e) => e.kind(),
         }
     }

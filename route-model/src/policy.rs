@@ -2,12 +2,17 @@
 //!
 //! Ports: on IPv6, 80 and 443 plus `ipv6_extra_ports`; on an env's dedicated
 //! IPv4, 80 and 443 plus the env's requested `ports` that
-//! `ipv4_allowed_ports` allows; `deny_ports` always wins. No I/O.
+//! `ipv4_allowed_ports` allows; `deny_ports` always wins.
+//!
+//! Addresses (ADR 0007/0008): an env's public addresses must be usable
+//! unicast (not unspecified, multicast, link-local, broadcast, nor inside
+//! the overlay), and inside `public_prefixes` when that is set. Loopback is
+//! always allowed (single-host setups and tests). No I/O.
 
 use std::fmt;
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv6Net;
+use ipnet::{IpNet, Ipv6Net};
 use serde::Deserialize;
 
 use crate::env::Env;
@@ -124,6 +129,9 @@ pub struct PortPolicy {
     pub ipv6_extra_ports: PortSet,
     pub ipv4_allowed_ports: PortSet,
     pub deny_ports: PortSet,
+    /// When set, every public address of an env (IPv6 and IPv4, loopback
+    /// excepted) must lie inside one of these prefixes.
+    pub public_prefixes: Option<Vec<IpNet>>,
 }
 
 impl Default for PortPolicy {
@@ -132,6 +140,7 @@ impl Default for PortPolicy {
             ipv6_extra_ports: PortSet::default(),
             ipv4_allowed_ports: PortSet::from_ranges([(1, 65535)]),
             deny_ports: PortSet::ports(&[25]),
+            public_prefixes: None,
         }
     }
 }
@@ -149,6 +158,55 @@ impl PortPolicy {
             && !self.deny_ports.contains(port)
             && (DEFAULT_PORTS.contains(&port)
                 || (env.ports.contains(&port) && self.ipv4_allowed_ports.contains(port)))
+    }
+
+    /// Why `addr` cannot be one of an env's public addresses, or `None` if
+    /// it can.
+    pub fn unusable(&self, addr: IpAddr, overlay: &OverlayPolicy) -> Option<&'static str> {
+        if addr.is_loopback() {
+            return None;
+        }
+        let why = match addr {
+            IpAddr::V6(a) => unusable_v6(a, overlay),
+            IpAddr::V4(a) => unusable_v4(a),
+        };
+        if why.is_some() {
+            return why;
+        }
+        match &self.public_prefixes {
+            Some(prefixes) if !prefixes.iter().any(|net| net.contains(&addr)) => {
+                Some("outside policy.public_prefixes")
+            }
+            _ => None,
+        }
+    }
+}
+
+fn unusable_v6(a: Ipv6Addr, overlay: &OverlayPolicy) -> Option<&'static str> {
+    if a.is_unspecified() {
+        Some("unspecified")
+    } else if a.is_multicast() {
+        Some("multicast")
+    } else if a.segments()[0] & 0xffc0 == 0xfe80 {
+        Some("link-local")
+    } else if overlay.allows(a) {
+        Some("inside overlay.allowed_backends")
+    } else {
+        None
+    }
+}
+
+fn unusable_v4(a: Ipv4Addr) -> Option<&'static str> {
+    if a.is_unspecified() {
+        Some("unspecified")
+    } else if a.is_multicast() {
+        Some("multicast")
+    } else if a.is_link_local() {
+        Some("link-local")
+    } else if a.is_broadcast() {
+        Some("broadcast")
+    } else {
+        None
     }
 }
 
@@ -226,5 +284,46 @@ mod tests {
             ..PortPolicy::default()
         };
         assert!(!strict.allows_ipv4(&e, 5432), "requested but not allowed");
+    }
+
+    #[test]
+    fn public_addresses_are_usable_unicast_outside_the_overlay() {
+        let p = PortPolicy::default();
+        let overlay = OverlayPolicy::default();
+        let why = |a: &str| p.unusable(a.parse().unwrap(), &overlay);
+        for ok in ["2001:db8::10", "203.0.113.7", "::1", "127.0.0.5"] {
+            assert_eq!(why(ok), None, "{ok}");
+        }
+        for (bad, reason) in [
+            ("::", "unspecified"),
+            ("0.0.0.0", "unspecified"),
+            ("ff02::1", "multicast"),
+            ("224.0.0.1", "multicast"),
+            ("fe80::1", "link-local"),
+            ("febf::1", "link-local"),
+            ("169.254.1.1", "link-local"),
+            ("255.255.255.255", "broadcast"),
+            ("fdaa::3", "inside overlay.allowed_backends"),
+        ] {
+            assert_eq!(why(bad), Some(reason), "{bad}");
+        }
+    }
+
+    #[test]
+    fn public_prefixes_narrow_but_loopback_stays() {
+        let p: PortPolicy =
+            toml::from_str("public_prefixes = [\"2001:db8:1::/48\", \"203.0.113.0/24\"]").unwrap();
+        let overlay = OverlayPolicy::default();
+        let why = |a: &str| p.unusable(a.parse().unwrap(), &overlay);
+        assert_eq!(why("2001:db8:1::5"), None);
+        assert_eq!(why("203.0.113.9"), None);
+        assert_eq!(why("::1"), None, "loopback stays allowed");
+        assert_eq!(why("2001:db8:2::5"), Some("outside policy.public_prefixes"));
+        assert_eq!(why("198.51.100.1"), Some("outside policy.public_prefixes"));
+        assert_eq!(
+            why("ff02::1"),
+            Some("multicast"),
+            "the basic rules still apply"
+        );
     }
 }

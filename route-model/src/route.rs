@@ -36,9 +36,9 @@ impl Protocol {
     }
 }
 
-/// Which process and port decide the route's health. Carried to the
-/// platform's health checker (which reports `instance.health`); the edge
-/// itself routes on instance health only.
+/// Which process and port decide the route's health: the platform's checker
+/// reports `instance.health`, and the edge probes `[instance addr]:port` of
+/// the env's instances of `process_type` itself (`edge::health`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthSource {
     pub process_type: Arc<str>,
@@ -133,10 +133,26 @@ impl Route {
         if spec.backend_process_type.is_empty() {
             return Err(RouteError::EmptyProcessType { route: route() });
         }
-        let health_source = spec.health_source.as_ref().map(|h| HealthSource {
-            process_type: interner.string(&h.process_type),
-            port: h.port,
-        });
+        let health_source = match &spec.health_source {
+            None => None,
+            Some(h) => {
+                let bad = |field, why| RouteError::BadHealthSource {
+                    route: route(),
+                    field,
+                    why,
+                };
+                if h.port == 0 {
+                    return Err(bad("port", "may not be 0"));
+                }
+                if h.process_type.is_empty() {
+                    return Err(bad("process_type", "may not be empty"));
+                }
+                Some(HealthSource {
+                    process_type: interner.string(&h.process_type),
+                    port: h.port,
+                })
+            }
+        };
         Ok(Route {
             id: Arc::from(spec.id.as_str()),
             env,
@@ -149,5 +165,51 @@ impl Route {
             ipv4_required: spec.ipv4_required,
             health_source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::HealthSourceSpec;
+
+    fn spec(health: Option<(&str, u16)>) -> RouteSpec {
+        RouteSpec {
+            id: "r-1".into(),
+            env: "acme/shop/prod".into(),
+            hostname: "shop.example.com".into(),
+            listen_port: 443,
+            protocol: "tls_passthrough".into(),
+            backend_process_type: "web".into(),
+            backend_port: 8443,
+            proxy_protocol: false,
+            ipv4_required: false,
+            health_source: health.map(|(process_type, port)| HealthSourceSpec {
+                process_type: process_type.into(),
+                port,
+            }),
+        }
+    }
+
+    #[test]
+    fn health_source_needs_a_port_and_a_process_type() {
+        let ok = Route::from_spec(&spec(Some(("web", 9000)))).unwrap();
+        assert_eq!(ok.health_source.unwrap().port, 9000);
+        assert!(Route::from_spec(&spec(None))
+            .unwrap()
+            .health_source
+            .is_none());
+        for (bad, field) in [(("web", 0), "port"), (("", 9000), "process_type")] {
+            let e = Route::from_spec(&spec(Some(bad))).unwrap_err();
+            assert!(
+                matches!(&e, RouteError::BadHealthSource { field: f, .. } if *f == field),
+                "{e:?}"
+            );
+            assert_eq!(e.kind(), "bad_health_source");
+            assert!(
+                e.to_string().contains(&format!("health_source.{field}")),
+                "{e}"
+            );
+        }
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 pub use compile::{compile, Compiled};
 pub use sni_map::SniMap;
 
+use crate::instance::Instance;
 use crate::route::Route;
 
 /// A route as placed in a table: the validated route, the healthy backends
@@ -33,6 +34,10 @@ pub struct TableRoute {
     /// Every `(IP, port)` this route is bound to, sorted. Shared by every
     /// route of that env and port.
     pub served_on: Arc<[SocketAddr]>,
+    /// Healthy instances of the route's env and `health_source.process_type`
+    /// (empty without a health source): what the edge probes at
+    /// `[addr]:health_source.port`. Shared like `backends`.
+    pub health_backends: Arc<[Ipv6Addr]>,
 }
 
 /// What is bound to one `(IP, port)`.
@@ -78,6 +83,8 @@ pub struct RouteTable {
     version: u64,
     routes: Vec<Arc<TableRoute>>,
     listeners: BTreeMap<SocketAddr, Listener>,
+    /// Every valid instance, healthy or not, in spec order.
+    instances: Arc<[Instance]>,
 }
 
 impl RouteTable {
@@ -88,6 +95,12 @@ impl RouteTable {
     /// Every served route, in the order of the spec.
     pub fn routes(&self) -> &[Arc<TableRoute>] {
         &self.routes
+    }
+
+    /// Every valid instance (the platform's healthy and unhealthy ones), in
+    /// spec order.
+    pub fn instances(&self) -> &[Instance] {
+        &self.instances
     }
 
     /// Every listener address with what is bound to it, in address order.

@@ -191,6 +191,16 @@ impl Toml {
         out.push_str(&self.body);
         out
     }
+
+    /// Raw TOML appended after everything else: keys for the entry above
+    /// (`ipv4_required = true` after a route) or a whole table (`[health]`).
+    pub fn append(mut self, text: &str) -> Toml {
+        self.body.push_str(text);
+        if !text.ends_with('\n') {
+            self.body.push('\n');
+        }
+        self
+    }
 }
 
 impl Default for Toml {
@@ -398,6 +408,53 @@ impl Edge {
                 edge.log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `(state, why)` of `instance` among the backends of route `route` on
+    /// /routes, if listed.
+    pub async fn backend_state(&self, route: &str, instance: &str) -> Option<(String, String)> {
+        let (_, body) = self.get("/routes").await;
+        let json: serde_json::Value = serde_json::from_str(&body).expect("/routes is JSON");
+        let routes = json["listeners"]
+            .as_array()?
+            .iter()
+            .flat_map(|l| l["routes"].as_array().cloned().unwrap_or_default());
+        for r in routes {
+            if r["id"] != route {
+                continue;
+            }
+            let states = r["backend_states"].as_array()?;
+            let b = states.iter().find(|b| b["instance"] == instance)?;
+            return Some((
+                b["state"].as_str()?.to_owned(),
+                b["why"].as_str()?.to_owned(),
+            ));
+        }
+        None
+    }
+
+    /// Waits up to `wait` until `instance` of `route` is in `state` on
+    /// /routes; returns how long that took (polling every 10 ms).
+    pub async fn wait_backend_state(
+        &self,
+        route: &str,
+        instance: &str,
+        state: &str,
+        wait: Duration,
+    ) -> Duration {
+        let started = tokio::time::Instant::now();
+        loop {
+            let now = self.backend_state(route, instance).await;
+            if now.as_ref().is_some_and(|(s, _)| s == state) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < wait,
+                "{instance} of {route} not {state} within {wait:?} (now {now:?}); log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

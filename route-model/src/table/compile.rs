@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 // table: aHash instead of SipHash.
 use ahash::{AHashMap as HashMap, AHashSet as HashSet, RandomState};
 use hashbrown::hash_table::{Entry, HashTable};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use super::sni_map::{self, SniMap};
@@ -58,8 +58,8 @@ pub fn compile(
     version: u64,
 ) -> Compiled {
     let mut errors = Vec::new();
-    let envs = envs(spec, &mut errors);
-    let backends = backends(spec, overlay, &mut errors);
+    let envs = envs(spec, policy, overlay, &mut errors);
+    let (backends, instances) = backends(spec, overlay, &mut errors);
 
     let state = RandomState::new();
     let mut placer = Placer::new(spec.routes.len(), state.clone());
@@ -96,13 +96,21 @@ pub fn compile(
                 .entry((route.env.clone(), route.listen_port))
                 .or_insert_with(|| addresses(env, route.listen_port, policy).into())
                 .clone();
-            check_addresses(&route, env, &addrs)?;
+            check_addresses(&route, env, &addrs, policy)?;
             let key = (route.env.clone(), route.backend_process_type.clone());
             let route_backends = backends
                 .get(&key)
                 .cloned()
                 .unwrap_or_else(|| no_backends.clone());
-            placer.place(route, addrs, route_backends)
+            let health_backends = match &route.health_source {
+                Some(h) if h.process_type == route.backend_process_type => route_backends.clone(),
+                Some(h) => backends
+                    .get(&(route.env.clone(), h.process_type.clone()))
+                    .cloned()
+                    .unwrap_or_else(|| no_backends.clone()),
+                None => no_backends.clone(),
+            };
+            placer.place(route, addrs, route_backends, health_backends)
         });
         if let Err(e) = placed {
             errors.push(SpecError::Route(e));
@@ -114,22 +122,44 @@ pub fn compile(
             version,
             routes: placer.routes,
             listeners: placer.listeners,
+            instances: instances.into(),
         },
         errors,
     }
 }
 
-fn envs(spec: &RoutingSpec, errors: &mut Vec<SpecError>) -> HashMap<EnvId, Env> {
+/// The valid envs. In spec order, so a dedicated IPv4 claimed twice stays
+/// with the env that claimed it first.
+fn envs(
+    spec: &RoutingSpec,
+    policy: &PortPolicy,
+    overlay: &OverlayPolicy,
+    errors: &mut Vec<SpecError>,
+) -> HashMap<EnvId, Env> {
     let mut envs = HashMap::with_capacity(spec.envs.len());
+    let mut ipv4_owners: HashMap<Ipv4Addr, EnvId> = HashMap::new();
     for env_spec in &spec.envs {
-        match Env::from_spec(env_spec) {
-            Ok(env) if envs.contains_key(&env.id) => errors.push(
-                EnvError::Duplicate {
+        let checked = Env::from_spec(env_spec).and_then(|env| {
+            if envs.contains_key(&env.id) {
+                return Err(EnvError::Duplicate {
                     env: env_spec.id.clone(),
-                }
-                .into(),
-            ),
+                });
+            }
+            check_public(&env, policy, overlay)?;
+            if let Some(owner) = env.ipv4.and_then(|a| ipv4_owners.get(&a)) {
+                return Err(EnvError::Ipv4Taken {
+                    env: env_spec.id.clone(),
+                    addr: env.ipv4.expect("checked above"),
+                    owner: owner.to_string(),
+                });
+            }
+            Ok(env)
+        });
+        match checked {
             Ok(env) => {
+                if let Some(a) = env.ipv4 {
+                    ipv4_owners.insert(a, env.id.clone());
+                }
                 envs.insert(env.id.clone(), env);
             }
             Err(e) => errors.push(e.into()),
@@ -138,40 +168,84 @@ fn envs(spec: &RoutingSpec, errors: &mut Vec<SpecError>) -> HashMap<EnvId, Env> 
     envs
 }
 
+/// Err naming the first of `env`'s public addresses policy refuses.
+fn check_public(env: &Env, policy: &PortPolicy, overlay: &OverlayPolicy) -> Result<(), EnvError> {
+    let v6 = env.ipv6.iter().map(|a| ("ipv6", IpAddr::V6(*a)));
+    let v4 = env.ipv4.iter().map(|a| ("ipv4", IpAddr::V4(*a)));
+    for (field, addr) in v6.chain(v4) {
+        if let Some(why) = policy.unusable(addr, overlay) {
+            return Err(EnvError::UnusableAddr {
+                env: env.id.to_string(),
+                field,
+                addr,
+                why,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `(env, process type)`: the instances a route may use.
 type BackendKey = (EnvId, Arc<str>);
 
-/// Healthy instance addresses by `(env, process type)`, in instance-id order.
+/// Healthy instance addresses by `(env, process type)`, in instance-id
+/// order, and every valid instance in spec order.
 fn backends(
     spec: &RoutingSpec,
     overlay: &OverlayPolicy,
     errors: &mut Vec<SpecError>,
-) -> HashMap<BackendKey, Arc<[Ipv6Addr]>> {
+) -> (HashMap<BackendKey, Arc<[Ipv6Addr]>>, Vec<Instance>) {
+    let mut valid = Vec::with_capacity(spec.instances.len());
     let mut ids = HashSet::with_capacity(spec.instances.len());
+    // The first instance on each overlay address: an instance of another
+    // env on the same address is rejected (it would receive this env's
+    // clients).
+    let mut addr_owners: HashMap<Ipv6Addr, (Arc<str>, EnvId)> = HashMap::new();
     let mut healthy: BTreeMap<BackendKey, Vec<(Arc<str>, Ipv6Addr)>> = BTreeMap::new();
     for inst_spec in &spec.instances {
-        match Instance::from_spec(inst_spec, overlay) {
-            Ok(inst) if !ids.insert(inst.id.clone()) => errors.push(
-                InstanceError::Duplicate {
+        let checked = Instance::from_spec(inst_spec, overlay).and_then(|inst| {
+            if ids.contains(&inst.id) {
+                return Err(InstanceError::Duplicate {
                     instance: inst_spec.id.clone(),
+                });
+            }
+            match addr_owners.get(&inst.addr) {
+                Some((owner, owner_env)) if *owner_env != inst.env => {
+                    Err(InstanceError::AddrTaken {
+                        instance: inst_spec.id.clone(),
+                        addr: inst.addr,
+                        owner: owner.to_string(),
+                        owner_env: owner_env.to_string(),
+                    })
                 }
-                .into(),
-            ),
-            Ok(inst) if inst.healthy => healthy
-                .entry((inst.env.clone(), inst.process_type.clone()))
-                .or_default()
-                .push((inst.id, inst.addr)),
-            Ok(_) => {}
+                _ => Ok(inst),
+            }
+        });
+        match checked {
+            Ok(inst) => {
+                ids.insert(inst.id.clone());
+                addr_owners
+                    .entry(inst.addr)
+                    .or_insert_with(|| (inst.id.clone(), inst.env.clone()));
+                if inst.healthy {
+                    healthy
+                        .entry((inst.env.clone(), inst.process_type.clone()))
+                        .or_default()
+                        .push((inst.id.clone(), inst.addr));
+                }
+                valid.push(inst);
+            }
             Err(e) => errors.push(e.into()),
         }
     }
-    healthy
+    let healthy = healthy
         .into_iter()
         .map(|(key, mut list)| {
             list.sort();
             (key, list.into_iter().map(|(_, addr)| addr).collect())
         })
-        .collect()
+        .collect();
+    (healthy, valid)
 }
 
 /// Where policy lets a route on `port` be served among `env`'s addresses,
@@ -193,11 +267,23 @@ fn addresses(env: &Env, port: u16, policy: &PortPolicy) -> Vec<SocketAddr> {
 }
 
 /// The route-specific checks on where it would be served.
-fn check_addresses(route: &Route, env: &Env, addrs: &[SocketAddr]) -> Result<(), RouteError> {
+fn check_addresses(
+    route: &Route,
+    env: &Env,
+    addrs: &[SocketAddr],
+    policy: &PortPolicy,
+) -> Result<(), RouteError> {
     if route.ipv4_required && env.ipv4.is_none() {
         return Err(RouteError::Ipv4Required {
             route: route.id.to_string(),
             env: env.id.to_string(),
+        });
+    }
+    if route.ipv4_required && !policy.allows_ipv4(env, route.listen_port) {
+        return Err(RouteError::Ipv4PortNotAllowed {
+            route: route.id.to_string(),
+            env: env.id.to_string(),
+            port: route.listen_port,
         });
     }
     if addrs.is_empty() {
@@ -238,6 +324,7 @@ impl Placer {
         route: Route,
         served_on: Arc<[SocketAddr]>,
         backends: Arc<[Ipv6Addr]>,
+        health_backends: Arc<[Ipv6Addr]>,
     ) -> Result<(), RouteError> {
         let hash = sni_map::hash(&self.state, sni_map::key(&route.hostname));
         let routes = &self.routes;
@@ -287,6 +374,7 @@ impl Placer {
             route,
             backends,
             served_on,
+            health_backends,
         }));
         Ok(())
     }

@@ -1,5 +1,7 @@
 //! Compile and lookup tests: precedence, the no-SNI rule, every rejection.
 
+mod addresses;
+
 use std::net::SocketAddr;
 
 use super::*;

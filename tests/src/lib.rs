@@ -13,6 +13,8 @@
 //! - [`agent`]: edge-agent as a process, its config and metrics.
 //! - [`reference_feed`]: the control plane's event feed, in memory, on
 //!   gRPC and HTTP (docs/event-contract.md).
+//! - [`postgres`]: a throw-away PostgreSQL cluster, run as `nobody`.
+//! - [`edge_feed`]: `edge-feed` as a process, and edge nodes following it.
 //! - [`site`]: the one-env, one-route fixture most tests start from.
 //! - [`ports`]: free ports and test addresses on `lo`.
 #![allow(missing_debug_implementations)]
@@ -22,7 +24,9 @@ pub mod backend;
 pub mod ca;
 pub mod client;
 pub mod edge;
+pub mod edge_feed;
 pub mod ports;
+pub mod postgres;
 pub mod reference_feed;
 pub mod site;
 

@@ -132,7 +132,7 @@ async fn a_killed_and_restarted_feed_loses_nothing() {
 
 /// Holds `GET /events?after=HEAD&wait_ms=…` open, appends without NOTIFY,
 /// returns how long until the event was served.
-async fn served_after_silent_append(feed: &FeedProcess, pg: &Postgres) -> Duration {
+async fn served_after_silent_append(feed: &FeedProcess, pg: &Postgres, instance: &str) -> Duration {
     let client = pg.client().await;
     let head: i64 = client
         .query_one("SELECT max(event_id) FROM events", &[])
@@ -149,11 +149,11 @@ async fn served_after_silent_append(feed: &FeedProcess, pg: &Postgres) -> Durati
     });
     tokio::time::sleep(Duration::from_millis(200)).await; // the poll is waiting
     client
-        .batch_execute(
+        .batch_execute(&format!(
             "SET edge_feed.notify = 'off';
              INSERT INTO events (aggregate_type, aggregate_id, aggregate_seq, event_type, payload)
-             VALUES ('instance', 'i-silent', 1, 'instance.down', '{}');",
-        )
+             VALUES ('instance', '{instance}', 1, 'instance.down', '{{}}');"
+        ))
         .await
         .unwrap();
     let appended = Instant::now();
@@ -161,7 +161,7 @@ async fn served_after_silent_append(feed: &FeedProcess, pg: &Postgres) -> Durati
     let took = appended.elapsed();
     assert_eq!(status, 200);
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(doc["events"][0]["aggregate_id"], "i-silent", "{doc}");
+    assert_eq!(doc["events"][0]["aggregate_id"], instance, "{doc}");
     took
 }
 
@@ -172,13 +172,13 @@ async fn without_notify_events_still_arrive_within_the_fallback_interval() {
     // The documented fallback is 500 ms; allow a loaded machine 1.5 s more.
     let bound = Duration::from_millis(2000);
     let feed = FeedProcess::start(&pg.url(), &["--fallback-ms", "500"]).await;
-    let took = served_after_silent_append(&feed, &pg).await;
+    let took = served_after_silent_append(&feed, &pg, "i-silent-1").await;
     eprintln!("a writer without NOTIFY: served after {took:?}");
     assert!(took < bound, "{took:?}");
     drop(feed);
     // No LISTEN connection at all: the same bound.
     let feed = FeedProcess::start(&pg.url(), &["--fallback-ms", "500", "--no-listen"]).await;
-    let took = served_after_silent_append(&feed, &pg).await;
+    let took = served_after_silent_append(&feed, &pg, "i-silent-2").await;
     eprintln!("a feed without LISTEN: served after {took:?}");
     assert!(took < bound, "{took:?}");
 }

@@ -14,6 +14,8 @@
 //! - [`control`]: the edge's control API driven directly (pushes, status).
 //! - [`reference_feed`]: the control plane's event feed, in memory, on
 //!   gRPC and HTTP (docs/event-contract.md).
+//! - [`postgres`]: a throw-away PostgreSQL cluster, run as `nobody`.
+//! - [`edge_feed`]: `edge-feed` as a process, and edge nodes following it.
 //! - [`site`]: the one-env, one-route fixture most tests start from.
 //! - [`ports`]: free ports and test addresses on `lo`.
 #![allow(missing_debug_implementations)]
@@ -24,7 +26,9 @@ pub mod ca;
 pub mod client;
 pub mod control;
 pub mod edge;
+pub mod edge_feed;
 pub mod ports;
+pub mod postgres;
 pub mod reference_feed;
 pub mod site;
 

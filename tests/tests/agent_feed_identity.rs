@@ -74,7 +74,7 @@ async fn a_log_restored_from_a_backup_raises_the_alarm_and_resyncs() {
     node.feed.truncate(head - 1); // the backup predates r-2
     node.wait_metric("edge_agent_feed_foreign", &[], 1.0, WAIT)
         .await;
-    node.wait_metric(
+    node.wait_counter(
         "edge_agent_resyncs_total",
         &[("reason", "head_below_cursor")],
         1.0,
@@ -124,7 +124,7 @@ async fn a_swapped_log_with_another_feed_id_resyncs() {
         "route.created",
         node.route("r-9", ENV, "nine.example.com", 9001),
     );
-    node.wait_metric(
+    node.wait_counter(
         "edge_agent_resyncs_total",
         &[("reason", "feed_changed")],
         1.0,
@@ -159,7 +159,7 @@ async fn events_out_of_order_are_refused_and_never_move_the_cursor() {
         raw(&node, head + 2, "r-3", "three.example.com"),
         raw(&node, head + 1, "r-4", "four.example.com"),
     ]);
-    node.wait_metric(
+    node.wait_counter(
         "edge_agent_feed_errors_total",
         &[("kind", "out_of_order")],
         1.0,
@@ -193,7 +193,7 @@ async fn an_event_beyond_the_head_is_refused_and_does_not_poison_the_cursor() {
     node.feed.set_reported_head(Some(head + 1));
     node.feed
         .append_raw(vec![raw(&node, 1_000_000, "r-huge", "huge.example.com")]);
-    node.wait_metric(
+    node.wait_counter(
         "edge_agent_feed_errors_total",
         &[("kind", "beyond_head")],
         1.0,

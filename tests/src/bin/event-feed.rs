@@ -35,7 +35,7 @@ struct Cli {
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
     /// The log's identity, sent with every batch (agents resynchronise
-    /// when it changes). Default: the file's path and its load time.
+    /// when it changes). Default: `file:<path>`.
     #[arg(long)]
     feed_id: Option<String>,
 }
@@ -62,12 +62,12 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     runtime.block_on(async move {
         let feed = Feed::new();
-        let feed_id = cli.feed_id.clone().unwrap_or_else(|| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            format!("{}@{now}", cli.events.display())
-        });
+        // The same file reloads into the same log (same ids), so its path
+        // names it across restarts.
+        let feed_id = cli
+            .feed_id
+            .clone()
+            .unwrap_or_else(|| format!("file:{}", cli.events.display()));
         feed.set_feed_id(Some(&feed_id));
         let mut read = 0;
         if let Err(e) = follow(&feed, &cli.events, &mut read) {

@@ -216,3 +216,41 @@ async fn an_event_beyond_the_head_is_refused_and_does_not_poison_the_cursor() {
     node.wait_applied(next, WAIT).await;
     assert_eq!(node.route_ids().await, ["r-1", "r-2", "r-5"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_feed_down_the_head_is_kept_and_the_log_says_which_side_failed() {
+    let (mut node, head) = synced(Serve::Grpc).await;
+    // The feed server stops: no new connections, and the open stream is
+    // cut (a truncation to the head changes nothing else).
+    node.grpc = None;
+    node.feed.truncate(head);
+    node.wait_metric("edge_agent_up", &[("endpoint", "feed")], 0.0, WAIT)
+        .await;
+    assert_eq!(
+        node.agent().metric("edge_agent_head", &[]).await,
+        head as f64
+    );
+    assert_eq!(
+        node.agent()
+            .metric("edge_agent_up", &[("endpoint", "edge")])
+            .await,
+        1.0
+    );
+    assert!(node.agent().log().contains("feed unreachable: http://"));
+    // A restart with the feed still down shows the head it saved.
+    node.agent.as_mut().unwrap().kill();
+    node.agent_toml.metrics =
+        std::net::SocketAddr::from(([127, 0, 0, 1], edge_tests::ports::free_port()));
+    node.start_agent();
+    node.wait_metric("edge_agent_up", &[("endpoint", "feed")], 0.0, WAIT)
+        .await;
+    assert_eq!(
+        node.agent().metric("edge_agent_head", &[]).await,
+        head as f64
+    );
+    assert_eq!(node.agent().metric("edge_agent_lag_events", &[]).await, 0.0);
+    assert_eq!(
+        node.agent().metric("edge_agent_cursor", &[]).await,
+        head as f64
+    );
+}

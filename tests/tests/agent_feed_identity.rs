@@ -242,15 +242,25 @@ async fn with_the_feed_down_the_head_is_kept_and_the_log_says_which_side_failed(
     node.agent_toml.metrics =
         std::net::SocketAddr::from(([127, 0, 0, 1], edge_tests::ports::free_port()));
     node.start_agent();
-    node.wait_metric("edge_agent_up", &[("endpoint", "feed")], 0.0, WAIT)
+    // (A metric reads 0 until the agent answers: wait for the value.)
+    node.wait_metric("edge_agent_head", &[], head as f64, WAIT)
         .await;
-    assert_eq!(
-        node.agent().metric("edge_agent_head", &[]).await,
-        head as f64
-    );
+    node.wait_metric("edge_agent_cursor", &[], head as f64, WAIT)
+        .await;
     assert_eq!(node.agent().metric("edge_agent_lag_events", &[]).await, 0.0);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !node.agent().log().contains("feed unreachable: http://") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            node.agent().log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
-        node.agent().metric("edge_agent_cursor", &[]).await,
-        head as f64
+        node.agent()
+            .metric("edge_agent_up", &[("endpoint", "feed")])
+            .await,
+        0.0
     );
 }

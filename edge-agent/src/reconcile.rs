@@ -41,7 +41,7 @@ pub enum Start {
     Fresh,
     /// A state file that could not be used (moved aside by the store).
     Unreadable,
-    Saved(Saved),
+    Saved(Box<Saved>),
 }
 
 /// The durable part of the machine: what the edge serves, and its fence.
@@ -207,7 +207,7 @@ impl Reconcile {
     /// The machine as the agent starts, at `now` (Unix ms).
     pub fn new(start: Start, now: u64) -> Reconcile {
         let (served, reason) = match start {
-            Start::Saved(saved) => (saved, None),
+            Start::Saved(saved) => (*saved, None),
             Start::Fresh => (Saved::empty(), Some(ResyncReason::NoState)),
             Start::Unreadable => (Saved::empty(), Some(ResyncReason::StateUnreadable)),
         };

@@ -77,7 +77,7 @@ impl Store {
             return Ok((Start::Fresh, None));
         };
         match decode(&bytes) {
-            Ok(saved) => Ok((Start::Saved(saved), None)),
+            Ok(saved) => Ok((Start::Saved(Box::new(saved)), None)),
             Err(why) => {
                 let moved_to = self.aside(now_secs);
                 std::fs::rename(&self.path, &moved_to).map_err(io)?;
@@ -152,7 +152,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.load(1).unwrap(), (Start::Fresh, None));
         store.save(&saved()).unwrap();
-        assert_eq!(store.load(1).unwrap(), (Start::Saved(saved()), None));
+        assert_eq!(
+            store.load(1).unwrap(),
+            (Start::Saved(Box::new(saved())), None)
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Applying the event log is deterministic: the whole log in one go, the
 //! log in arbitrary chunks, and a JSON snapshot taken anywhere plus the
 //! rest all give the same state and the same compiled table; and a log
-//! with an event missing is refused with a gap, never half-applied.
+//! with an event missing is refused with a gap, never half-applied; and
+//! routes are listed oldest first, by the event that created them.
 
 use std::collections::HashMap;
 
@@ -129,6 +130,37 @@ proptest! {
         prop_assert_eq!(&resumed, &whole);
         prop_assert_eq!(table(&resumed), table(&whole));
         prop_assert_eq!(table(&chunked), table(&whole));
+    }
+
+    #[test]
+    fn routes_are_listed_by_age_whatever_their_ids(
+        ops in prop::collection::vec((any::<u8>(), any::<u8>(), any::<u8>()), 1..120),
+    ) {
+        let events = log(&ops);
+        let mut state = State::default();
+        state.apply_all(&events).unwrap();
+        let ages: Vec<u64> = state
+            .spec()
+            .routes
+            .iter()
+            .map(|r| state.route_created(&r.id).expect("a listed route has an age"))
+            .collect();
+        prop_assert!(ages.windows(2).all(|w| w[0] < w[1]), "{:?}", ages);
+        // The age is the first upsert after the route's last delete.
+        for r in state.spec().routes {
+            let created = events
+                .iter()
+                .rposition(|e| e.aggregate_id == r.id && e.event_type == "route.deleted")
+                .map_or(0, |i| i + 1);
+            let first = events[created..]
+                .iter()
+                .find(|e| {
+                    e.aggregate_id == r.id
+                        && matches!(e.event_type.as_str(), "route.created" | "route.updated")
+                })
+                .map(|e| e.event_id);
+            prop_assert_eq!(state.route_created(&r.id), first);
+        }
     }
 
     #[test]

@@ -94,7 +94,8 @@ fn history(node: &Node) -> BTreeSet<String> {
 /// applied; returns every route id the edge ever served meanwhile.
 async fn watch_until_applied(node: &Node, head: u64) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
     while node.feed.applied(NODE) < head {
         if let Ok((200, body)) = get(node.edge().admin, "/routes").await {
             seen.extend(route_ids(&body));
@@ -107,6 +108,7 @@ async fn watch_until_applied(node: &Node, head: u64) -> BTreeSet<String> {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    eprintln!("caught up {head} events in {:?}", started.elapsed());
     seen.extend(node.route_ids().await);
     seen
 }

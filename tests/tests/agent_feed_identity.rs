@@ -74,7 +74,7 @@ async fn a_log_restored_from_a_backup_raises_the_alarm_and_resyncs() {
     node.feed.truncate(head - 1); // the backup predates r-2
     node.wait_metric("edge_agent_feed_foreign", &[], 1.0, WAIT)
         .await;
-    node.wait_metric(
+    node.wait_counter(
         "edge_agent_resyncs_total",
         &[("reason", "head_below_cursor")],
         1.0,
@@ -124,7 +124,7 @@ async fn a_swapped_log_with_another_feed_id_resyncs() {
         "route.created",
         node.route("r-9", ENV, "nine.example.com", 9001),
     );
-    node.wait_metric(
+    node.wait_counter(
         "edge_agent_resyncs_total",
         &[("reason", "feed_changed")],
         1.0,
@@ -159,7 +159,7 @@ async fn events_out_of_order_are_refused_and_never_move_the_cursor() {
         raw(&node, head + 2, "r-3", "three.example.com"),
         raw(&node, head + 1, "r-4", "four.example.com"),
     ]);
-    node.wait_metric(
+    node.wait_counter(
         "edge_agent_feed_errors_total",
         &[("kind", "out_of_order")],
         1.0,
@@ -193,7 +193,7 @@ async fn an_event_beyond_the_head_is_refused_and_does_not_poison_the_cursor() {
     node.feed.set_reported_head(Some(head + 1));
     node.feed
         .append_raw(vec![raw(&node, 1_000_000, "r-huge", "huge.example.com")]);
-    node.wait_metric(
+    node.wait_counter(
         "edge_agent_feed_errors_total",
         &[("kind", "beyond_head")],
         1.0,
@@ -215,4 +215,52 @@ async fn an_event_beyond_the_head_is_refused_and_does_not_poison_the_cursor() {
     );
     node.wait_applied(next, WAIT).await;
     assert_eq!(node.route_ids().await, ["r-1", "r-2", "r-5"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_feed_down_the_head_is_kept_and_the_log_says_which_side_failed() {
+    let (mut node, head) = synced(Serve::Grpc).await;
+    // The feed server stops: no new connections, and the open stream is
+    // cut (a truncation to the head changes nothing else).
+    node.grpc = None;
+    node.feed.truncate(head);
+    node.wait_metric("edge_agent_up", &[("endpoint", "feed")], 0.0, WAIT)
+        .await;
+    assert_eq!(
+        node.agent().metric("edge_agent_head", &[]).await,
+        head as f64
+    );
+    assert_eq!(
+        node.agent()
+            .metric("edge_agent_up", &[("endpoint", "edge")])
+            .await,
+        1.0
+    );
+    assert!(node.agent().log().contains("feed unreachable: http://"));
+    // A restart with the feed still down shows the head it saved.
+    node.agent.as_mut().unwrap().kill();
+    node.agent_toml.metrics =
+        std::net::SocketAddr::from(([127, 0, 0, 1], edge_tests::ports::free_port()));
+    node.start_agent();
+    // (A metric reads 0 until the agent answers: wait for the value.)
+    node.wait_metric("edge_agent_head", &[], head as f64, WAIT)
+        .await;
+    node.wait_metric("edge_agent_cursor", &[], head as f64, WAIT)
+        .await;
+    assert_eq!(node.agent().metric("edge_agent_lag_events", &[]).await, 0.0);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !node.agent().log().contains("feed unreachable: http://") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            node.agent().log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        node.agent()
+            .metric("edge_agent_up", &[("endpoint", "feed")])
+            .await,
+        0.0
+    );
 }

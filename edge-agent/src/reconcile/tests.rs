@@ -35,12 +35,12 @@ fn following() -> Reconcile {
         .apply_all(&(1..=10).map(|i| created(i, i)).collect::<Vec<_>>())
         .unwrap();
     Reconcile::new(
-        Start::Saved(Saved {
+        Start::Saved(Box::new(Saved {
             state,
             feed_id: Some("A".into()),
             generation: 7,
             head: 10,
-        }),
+        })),
         T0,
     )
 }

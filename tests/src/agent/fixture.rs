@@ -139,10 +139,34 @@ impl Node {
         value: f64,
         within: Duration,
     ) {
+        self.wait_for_metric(name, labels, |v| v == value, value, within)
+            .await;
+    }
+
+    /// Waits until counter `name` (with `labels`) reaches `at_least`.
+    pub async fn wait_counter(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        at_least: f64,
+        within: Duration,
+    ) {
+        self.wait_for_metric(name, labels, |v| v >= at_least, at_least, within)
+            .await;
+    }
+
+    async fn wait_for_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        ok: impl Fn(f64) -> bool,
+        value: f64,
+        within: Duration,
+    ) {
         let deadline = Instant::now() + within;
         loop {
             let got = self.agent().metric(name, labels).await;
-            if got == value {
+            if ok(got) {
                 return;
             }
             assert!(

@@ -1,7 +1,7 @@
 //! `event-feed`: the reference event feed as a server, for trying the whole
 //! loop on one machine (see the README) and for platform teams to copy.
 //!
-//! `event-feed --events FILE.jsonl [--grpc ADDR] [--http ADDR]` loads the
+//! `event-feed --events FILE.jsonl [--grpc ADDR] [--http ADDR] [--feed-id ID]` loads the
 //! file and follows it: every 200 ms, lines appended since are appended to
 //! the log (so `echo '{…}' >> FILE.jsonl` is "the control plane wrote an
 //! event"). A line is either a whole event (with `event_id` and
@@ -34,6 +34,10 @@ struct Cli {
     /// HTTP polling listen address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// The log's identity, sent with every batch (agents resynchronise
+    /// when it changes). Default: `file:<path>`.
+    #[arg(long)]
+    feed_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +62,13 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     runtime.block_on(async move {
         let feed = Feed::new();
+        // The same file reloads into the same log (same ids), so its path
+        // names it across restarts.
+        let feed_id = cli
+            .feed_id
+            .clone()
+            .unwrap_or_else(|| format!("file:{}", cli.events.display()));
+        feed.set_feed_id(Some(&feed_id));
         let mut read = 0;
         if let Err(e) = follow(&feed, &cli.events, &mut read) {
             eprintln!("event-feed: {}: {e}", cli.events.display());
@@ -66,7 +77,7 @@ fn main() -> ExitCode {
         let grpc = serve_grpc(Arc::clone(&feed), cli.grpc).await;
         let http = serve_http(Arc::clone(&feed), cli.http).await;
         println!(
-            "event-feed: {} events; gRPC on {}, HTTP on {}",
+            "event-feed: {} events (feed_id {feed_id}); gRPC on {}, HTTP on {}",
             feed.head(),
             grpc.addr,
             http.addr

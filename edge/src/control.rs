@@ -201,12 +201,12 @@ impl Control for ControlService {
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        if self.source.handing_over().await {
+        if self.source.handing_over() {
             return Err(Status::unavailable(PushError::HandedOver.to_string()));
         }
         let shared = &self.source.app().shared;
         let live = shared.live.load();
-        let fence = self.source.fence().await;
+        let fence = self.source.fence();
         Ok(Response::new(StatusResponse {
             table_version: live.table.version(),
             source_version: fence.source_version,

@@ -71,6 +71,15 @@ pub enum PushError {
 pub struct Source {
     app: Arc<App>,
     state: tokio::sync::Mutex<State>,
+    /// What `Status` reports (the live fence, and whether a handoff has
+    /// begun), readable while a push holds `state` through its compile.
+    view: std::sync::Mutex<View>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct View {
+    fence: Fence,
+    handing_over: bool,
 }
 
 #[derive(Debug)]
@@ -101,8 +110,13 @@ impl Source {
             };
             app.shared.set_not_synced(not_synced);
         }
+        let view = View {
+            fence: pushed.as_ref().map(|p| p.fence.clone()).unwrap_or_default(),
+            handing_over: false,
+        };
         Source {
             app,
+            view: std::sync::Mutex::new(view),
             state: tokio::sync::Mutex::new(State {
                 config,
                 pushed,
@@ -207,6 +221,7 @@ impl Source {
             .app
             .apply_with(&state.config, Arc::clone(&saved.routing), persist)
             .await?;
+        self.view().fence = saved.fence.clone();
         let old = state.pushed.replace(Saved {
             table_version: version,
             ..saved
@@ -222,28 +237,28 @@ impl Source {
     pub fn begin_handoff(&self) -> u64 {
         let mut state = self.state.blocking_lock();
         state.handing_over = true;
+        self.view().handing_over = true;
         self.app.shared.live.load().table.version()
     }
 
     /// Upgrade: the handoff failed; this process goes on serving pushes.
     pub fn cancel_handoff(&self) {
         self.state.blocking_lock().handing_over = false;
+        self.view().handing_over = false;
     }
 
     /// True once a handoff has begun (and not failed).
-    pub async fn handing_over(&self) -> bool {
-        self.state.lock().await.handing_over
+    pub fn handing_over(&self) -> bool {
+        self.view().handing_over
     }
 
     /// The fence of the live pushed table (default for edge.toml).
-    pub async fn fence(&self) -> Fence {
-        self.state
-            .lock()
-            .await
-            .pushed
-            .as_ref()
-            .map(|p| p.fence.clone())
-            .unwrap_or_default()
+    pub fn fence(&self) -> Fence {
+        self.view().fence.clone()
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn app(&self) -> &Arc<App> {

@@ -54,7 +54,7 @@ impl Node {
         let edge_toml = Toml::new()
             .control(&socket, &dir.path().join("edge-state"))
             .policy("ipv6_extra_ports", &format!("[{port}]"));
-        let edge = Edge::start(&edge_toml).await;
+        let edge = Edge::start_unsynced(&edge_toml).await;
         let mut agent_toml = AgentToml::new(node_id, &dir.path().join("agent-state"), &socket);
         agent_toml.grpc = grpc.as_ref().map(|s| s.addr);
         agent_toml.poll = http.as_ref().map(|s| s.addr);

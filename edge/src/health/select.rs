@@ -57,33 +57,39 @@ impl Health {
         let snap = self.snapshot();
         let now = self.now_ms();
         let probe = ProbeView::new(&snap, route);
-        let mut pick = Pick::default();
-        let mut all: Vec<Arc<InstanceCell>> = Vec::with_capacity(route.backends.len());
-        for ip in route.backends.iter() {
-            if !snap.overlay.policy.allows(*ip) {
-                continue;
-            }
-            let cell = match snap.cells.get(ip) {
+        let cells = route
+            .backends
+            .iter()
+            .filter(|ip| snap.overlay.policy.allows(**ip))
+            .map(|ip| match snap.cells.get(ip) {
                 Some(c) => Arc::clone(c),
                 // The table is newer than the snapshot (being rebuilt).
                 None => Arc::new(InstanceCell::detached(*ip)),
-            };
-            if probe.up(&snap, &cell) {
-                match cell.passive(now) {
-                    Passive::Serving => pick.candidates.push(Arc::clone(&cell)),
-                    Passive::Trial if pick.trial.is_none() && cell.claim_trial(now) => {
-                        pick.trial = Some(Arc::clone(&cell));
-                    }
-                    Passive::Trial | Passive::Ejected { .. } => {}
-                }
+            });
+        let mut pick = Pick {
+            candidates: Vec::with_capacity(route.backends.len()),
+            ..Pick::default()
+        };
+        for cell in cells.clone() {
+            if !probe.up(&snap, &cell) {
+                continue;
             }
-            all.push(cell);
+            match cell.passive(now) {
+                Passive::Serving => pick.candidates.push(cell),
+                Passive::Trial if pick.trial.is_none() && cell.claim_trial(now) => {
+                    pick.trial = Some(cell);
+                }
+                Passive::Trial | Passive::Ejected { .. } => {}
+            }
         }
-        if pick.is_empty() && !all.is_empty() {
-            self.metrics.health.panics.inc();
-            self.panic_log(&route.route.id, all.len(), now);
-            pick.candidates = all;
-            pick.panic = true;
+        if pick.is_empty() {
+            // The panic rule: every instance the platform lists.
+            pick.candidates.extend(cells);
+            if !pick.candidates.is_empty() {
+                self.metrics.health.panics.inc();
+                self.panic_log(&route.route.id, pick.candidates.len(), now);
+                pick.panic = true;
+            }
         }
         pick
     }

@@ -160,3 +160,164 @@ impl ProbeView {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overlay;
+    use crate::health::HealthConfig;
+    use crate::metrics::Metrics;
+    use route_model::{compile, OverlayPolicy, PortPolicy, RouteTable, RoutingSpec};
+
+    const SPEC: &str = r#"
+[[envs]]
+id = "acme/shop/prod"
+ipv6 = ["2001:db8::10"]
+
+[[instances]]
+id = "i-a"
+env = "acme/shop/prod"
+process_type = "web"
+addr = "fdaa::a"
+
+[[instances]]
+id = "i-b"
+env = "acme/shop/prod"
+process_type = "web"
+addr = "fdaa::b"
+
+[[instances]]
+id = "i-s"
+env = "acme/shop/prod"
+process_type = "sidecar"
+addr = "fdaa::5"
+
+[[routes]]
+id = "r-own"
+env = "acme/shop/prod"
+hostname = "own.example.com"
+listen_port = 443
+protocol = "tls_passthrough"
+backend_port = 8443
+health_source = { process_type = "web", port = 9000 }
+
+[[routes]]
+id = "r-side"
+env = "acme/shop/prod"
+hostname = "side.example.com"
+listen_port = 443
+protocol = "tls_passthrough"
+backend_port = 8443
+health_source = { process_type = "sidecar", port = 9100 }
+"#;
+
+    fn table() -> RouteTable {
+        let spec: RoutingSpec = toml::from_str(SPEC).unwrap();
+        let c = compile(&spec, &PortPolicy::default(), &OverlayPolicy::default(), 1);
+        assert!(c.errors.is_empty(), "{:?}", c.errors);
+        c.table
+    }
+
+    fn ids(cells: &[Arc<InstanceCell>]) -> Vec<String> {
+        let mut ids: Vec<String> = cells.iter().map(|c| c.id.to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Fails the probe of `target` until its verdict is down.
+    fn take_down(health: &Health, target: &str) {
+        let snap = health.snapshot();
+        let probe = &snap.probes[&target.parse().unwrap()];
+        for _ in 0..health.config.fall {
+            probe.record(Err("refused".into()), &health.config);
+        }
+        assert!(!probe.up());
+    }
+
+    #[tokio::test]
+    async fn probes_take_out_their_own_instance_and_all_down_is_a_panic() {
+        let table = table();
+        let health = Health::new(HealthConfig::default(), &Metrics::new());
+        health.update(&table, &Overlay::default());
+        assert_eq!(health.snapshot().probes.len(), 3, "a:9000, b:9000, s:9100");
+        let own = table
+            .routes()
+            .iter()
+            .find(|r| &*r.route.id == "r-own")
+            .unwrap();
+
+        let pick = health.pick(own);
+        assert_eq!(ids(&pick.candidates), ["i-a", "i-b"]);
+        take_down(&health, "[fdaa::a]:9000");
+        let pick = health.pick(own);
+        assert_eq!(ids(&pick.candidates), ["i-b"]);
+        assert!(!pick.panic);
+        take_down(&health, "[fdaa::b]:9000");
+        let pick = health.pick(own);
+        assert_eq!(ids(&pick.candidates), ["i-a", "i-b"], "the panic rule");
+        assert!(pick.panic);
+        assert_eq!(health.metrics.health.panics.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_health_source_of_another_process_judges_the_route_as_a_whole() {
+        let table = table();
+        let health = Health::new(HealthConfig::default(), &Metrics::new());
+        health.update(&table, &Overlay::default());
+        let side = table
+            .routes()
+            .iter()
+            .find(|r| &*r.route.id == "r-side")
+            .unwrap();
+        let pick = health.pick(side);
+        assert_eq!(ids(&pick.candidates), ["i-a", "i-b"]);
+        assert!(!pick.panic);
+        take_down(&health, "[fdaa::5]:9100");
+        // Route-wide down takes every backend out at once: the panic rule
+        // serves them all, and says so.
+        let pick = health.pick(side);
+        assert_eq!(ids(&pick.candidates), ["i-a", "i-b"]);
+        assert!(pick.panic);
+        let snap = health.snapshot();
+        let a = &snap.cells[&"fdaa::a".parse().unwrap()];
+        assert_eq!(health.verdict(&snap, side, a, true), Verdict::ProbeDown);
+    }
+
+    #[tokio::test]
+    async fn an_ejected_instance_is_skipped_then_tested_by_one_pick() {
+        let table = table();
+        let config: HealthConfig = toml::from_str("eject_after = 1\neject_ms = 1").unwrap();
+        let health = Health::new(config, &Metrics::new());
+        health.update(&table, &Overlay::default());
+        let own = table
+            .routes()
+            .iter()
+            .find(|r| &*r.route.id == "r-own")
+            .unwrap();
+        let a = Arc::clone(&health.snapshot().cells[&"fdaa::a".parse().unwrap()]);
+        health.report(&a, false);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let first = health.pick(own);
+        assert_eq!(first.trial.as_ref().map(|c| &*c.id), Some("i-a"));
+        assert_eq!(ids(&first.candidates), ["i-b"]);
+        let second = health.pick(own);
+        assert!(second.trial.is_none(), "one trial at a time");
+        assert_eq!(ids(&second.candidates), ["i-b"]);
+        health.report(&a, true);
+        assert_eq!(ids(&health.pick(own).candidates), ["i-a", "i-b"]);
+    }
+
+    #[tokio::test]
+    async fn a_swap_keeps_the_state_of_instances_that_remain() {
+        let table = table();
+        let health = Health::new(HealthConfig::default(), &Metrics::new());
+        health.update(&table, &Overlay::default());
+        take_down(&health, "[fdaa::a]:9000");
+        let again: RoutingSpec = toml::from_str(SPEC).unwrap();
+        let next = compile(&again, &PortPolicy::default(), &OverlayPolicy::default(), 2).table;
+        health.update(&next, &Overlay::default());
+        let snap = health.snapshot();
+        assert!(!snap.probes[&"[fdaa::a]:9000".parse().unwrap()].up());
+        assert!(snap.probes[&"[fdaa::b]:9000".parse().unwrap()].up());
+    }
+}

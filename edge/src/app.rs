@@ -290,9 +290,7 @@ impl App {
         m.table_version.set(version as i64);
         m.routes.set(live.table.routes().len() as i64);
         m.routes_rejected.set(errors.len() as i64);
-        for e in &errors {
-            m.route_rejected(e.kind());
-        }
+        m.routes_rejected_new(&old.errors, &errors);
         m.listeners.set(live.table.listeners().count() as i64);
         tracing::info!(
             version,

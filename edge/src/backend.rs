@@ -15,7 +15,6 @@
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV6};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use route_model::TableRoute;
@@ -23,7 +22,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::Overlay;
-use crate::health::{Health, InstanceCell, LoadSlot};
+use crate::health::{Health, LoadSlot};
 use crate::metrics::Metrics;
 use crate::reject::Reject;
 
@@ -49,18 +48,12 @@ pub async fn connect(
     speaks_first: bool,
 ) -> Result<Backend, Reject> {
     let port = route.route.backend_port;
-    let pick = health.pick(route);
+    let mut pick = health.pick(route);
     if pick.is_empty() {
         return Err(Reject::NoHealthyBackend);
     }
-    let mut trial = pick.trial;
-    let mut candidates = pick.candidates;
-    let attempts = MAX_ATTEMPTS.min(candidates.len() + usize::from(trial.is_some()));
-    for _ in 0..attempts {
-        let cell = match trial.take() {
-            Some(cell) => cell,
-            None => candidates.swap_remove(choose(&candidates)),
-        };
+    for _ in 0..MAX_ATTEMPTS.min(pick.len()) {
+        let Some(cell) = pick.next() else { break };
         let addr = SocketAddrV6::new(cell.addr, port, 0, 0);
         if !overlay.policy.allows(cell.addr) {
             continue;
@@ -93,21 +86,6 @@ pub async fn connect(
     Err(Reject::BackendConnectFailed)
 }
 
-/// Two random choices, the less loaded wins.
-fn choose(candidates: &[Arc<InstanceCell>]) -> usize {
-    let n = candidates.len();
-    if n == 1 {
-        return 0;
-    }
-    let a = fastrand::usize(..n);
-    let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-    if candidates[b].open() < candidates[a].open() {
-        b
-    } else {
-        a
-    }
-}
-
 /// One IPv6 connect with the overlay's source address and mark.
 /// Also the health prober's dial, so probes obey the same overlay rules.
 pub(crate) async fn dial(
@@ -137,22 +115,4 @@ pub(crate) async fn dial(
     }
     let socket = TcpSocket::from_std_stream(socket.into());
     socket.connect(SocketAddr::V6(addr)).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn two_choices_prefers_the_idle_backend() {
-        let busy = Arc::new(InstanceCell::detached("fdaa::1".parse().unwrap()));
-        let idle = Arc::new(InstanceCell::detached("fdaa::2".parse().unwrap()));
-        let slots: Vec<_> = (0..5).map(|_| busy.slot()).collect();
-        let both = [Arc::clone(&busy), Arc::clone(&idle)];
-        for _ in 0..50 {
-            assert_eq!(choose(&both), 1);
-        }
-        drop(slots);
-        assert_eq!(busy.open(), 0);
-    }
 }

@@ -380,6 +380,7 @@ mod tests {
         let c = parse(text).unwrap();
         assert_eq!(c.routing.routes.len(), 1);
         assert_eq!(c.routing.envs[0].ipv4.as_deref(), Some("203.0.113.7"));
+        assert_eq!(c.health, crate::health::HealthConfig::default());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+use route_model::SpecError;
 
 /// Buckets for the ClientHello peek: from one RTT on a LAN to the timeout.
 const PEEK_BUCKETS: &[f64] = &[
@@ -279,7 +280,7 @@ impl Metrics {
             routes_rejected_total: reg!(IntCounterVec::new(
                 Opts::new(
                     "edge_routes_rejected_total",
-                    "Routes, envs and instances rejected by validation, by reason, counted at every table applied."
+                    "Routes, envs and instances rejected by validation, by reason (counted when a table applied first has the rejection)."
                 ),
                 &["reason"]
             )),
@@ -341,10 +342,20 @@ impl Metrics {
         self.accept_errors.inc(kind);
     }
 
-    pub fn route_rejected(&self, reason: &str) {
-        self.routes_rejected_total
-            .with_label_values(&[reason])
-            .inc();
+    /// Counts the rejections of a table just applied that the previous
+    /// table did not have (same object, same reason): a bad object pushed
+    /// again and again counts once, while `edge_routes_rejected` shows it
+    /// is still there.
+    pub fn routes_rejected_new(&self, old: &[SpecError], new: &[SpecError]) {
+        fn key(e: &SpecError) -> ((&'static str, &str), &'static str) {
+            (e.object(), e.kind())
+        }
+        let before: std::collections::HashSet<_> = old.iter().map(key).collect();
+        for e in new.iter().filter(|e| !before.contains(&key(e))) {
+            self.routes_rejected_total
+                .with_label_values(&[e.kind()])
+                .inc();
+        }
     }
 
     pub fn tunnel_closed(&self, cause: &str) {

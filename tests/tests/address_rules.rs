@@ -302,6 +302,26 @@ async fn a_push_on_the_control_socket_rejects_each_by_name() {
     }
     edge.wait_ready().await;
     assert_counted(&edge).await;
+
+    // The same objects pushed again are still rejected, and not counted
+    // twice.
+    let again = client
+        .push(PushRequest {
+            source_version: 8,
+            routing_json: serde_json::to_string(&spec(ok_port, v6_port)).unwrap(),
+            format: 1,
+            generation: 1,
+            ..PushRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.rejected.len(), EXPECTED.len());
+    assert_counted(&edge).await;
+    assert_eq!(
+        edge.metric("edge_routes_rejected", &[]).await,
+        EXPECTED.len() as f64
+    );
 }
 
 /// `edge_routes_rejected_total` has one count per expected rejection,

@@ -254,14 +254,42 @@ async fn health_state_survives_a_reload_and_leaves_with_its_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_cost_instances_over_interval_however_many_routes_share_them() {
-    const INSTANCES: usize = 50;
-    const ROUTES: usize = 10_000;
-    const INTERVAL_MS: u64 = 500;
+    let (instances, interval_ms) = (50, 500);
+    let rate = probe_rate(1, instances, 10_000, interval_ms, None).await;
+    let expected = instances as f64 * 1000.0 / interval_ms as f64;
+    eprintln!("MEASURED probes_per_second={rate:.1} expected={expected} ({instances} instances, 10000 routes, interval {interval_ms} ms)");
+    assert!(
+        (0.8 * expected..=1.2 * expected).contains(&rate),
+        "{rate:.1} probes/s for {instances} instances every {interval_ms} ms (expected {expected})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_probes_per_second_caps_the_probes() {
+    // 50 targets every 500 ms would be 100 probes/s; the cap is 20.
+    let rate = probe_rate(2, 50, 50, 500, Some(20)).await;
+    eprintln!("MEASURED capped probes_per_second={rate:.1} cap=20");
+    assert!(
+        (14.0..=22.0).contains(&rate),
+        "{rate:.1} probes/s under a cap of 20"
+    );
+}
+
+/// Probes per second counted at the health ports of `instances` instances
+/// shared by `routes` routes (over 4 s, after the first interval). `block`
+/// keeps tests' overlay addresses apart.
+async fn probe_rate(
+    block: u16,
+    instances: usize,
+    routes: usize,
+    interval_ms: u64,
+    cap: Option<u32>,
+) -> f64 {
     let (backend_port, health_port, port) = (free_port(), free_port(), free_port());
-    let addrs: Vec<LoAddr> = (0..INSTANCES)
-        .map(|i| LoAddr::add(&format!("fd00:e1::1:{:x}", i + 1)))
+    let addrs: Vec<LoAddr> = (0..instances)
+        .map(|i| LoAddr::add(&format!("fd00:e1::{block}:{:x}", i + 1)))
         .collect();
-    let mut listeners = Vec::with_capacity(INSTANCES);
+    let mut listeners = Vec::with_capacity(instances);
     let mut toml = Toml::new()
         .policy("ipv6_extra_ports", &format!("[{port}]"))
         .env(ENV, &["::1"], None, &[]);
@@ -270,7 +298,7 @@ async fn probes_cost_instances_over_interval_however_many_routes_share_them() {
         listeners.push(Backend::start(at, "h", Mode::Tcp, false).await);
         toml = toml.instance(&format!("i-{i}"), ENV, "web", &a.addr.to_string());
     }
-    for r in 0..ROUTES {
+    for r in 0..routes {
         let host = format!("r{r}.example.com");
         toml = toml
             .route(Route::tls(
@@ -282,37 +310,34 @@ async fn probes_cost_instances_over_interval_however_many_routes_share_them() {
             ))
             .append(&health_source(health_port));
     }
-    let toml = toml.append(&format!(
-        "[health]\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = {INTERVAL_MS}\n"
-    ));
-    let edge = Edge::start(&toml).await;
-    assert_eq!(edge.metric("edge_routes", &[]).await, ROUTES as f64);
+    let mut health = format!("[health]\ninterval_ms = {interval_ms}\ntimeout_ms = {interval_ms}\n");
+    if let Some(cap) = cap {
+        health.push_str(&format!("max_probes_per_second = {cap}\n"));
+    }
+    let edge = Edge::start(&toml.append(&health)).await;
+    assert_eq!(edge.metric("edge_routes", &[]).await, routes as f64);
     assert_eq!(
         edge.metric("edge_health_targets", &[]).await,
-        INSTANCES as f64
+        instances as f64
     );
 
     // Past the first (randomly phased) interval, count for 4 s.
-    tokio::time::sleep(Duration::from_millis(2 * INTERVAL_MS)).await;
+    tokio::time::sleep(Duration::from_millis(2 * interval_ms)).await;
     let count = |l: &[Backend]| l.iter().map(Backend::accepted).sum::<usize>();
     let before = count(&listeners);
     let window = Duration::from_secs(4);
     tokio::time::sleep(window).await;
     let probes = count(&listeners) - before;
-    let per_second = probes as f64 / window.as_secs_f64();
-    let expected = INSTANCES as f64 * 1000.0 / INTERVAL_MS as f64;
-    eprintln!("MEASURED probes_per_second={per_second:.1} expected={expected} ({INSTANCES} instances, {ROUTES} routes, interval {INTERVAL_MS} ms)");
-    assert!(
-        (0.8 * expected..=1.2 * expected).contains(&per_second),
-        "{per_second:.1} probes/s for {INSTANCES} instances every {INTERVAL_MS} ms (expected {expected})"
-    );
-    for (i, l) in listeners.iter().enumerate() {
-        assert!(
-            l.accepted() >= 4,
-            "instance {i} probed {} times",
-            l.accepted()
-        );
+    if cap.is_none() {
+        for (i, l) in listeners.iter().enumerate() {
+            assert!(
+                l.accepted() >= 4,
+                "instance {i} probed {} times",
+                l.accepted()
+            );
+        }
     }
+    probes as f64 / window.as_secs_f64()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,6 +59,8 @@ pub struct Snapshot {
     pub cells: HashMap<Ipv6Addr, Arc<InstanceCell>>,
     /// Every probe target of the table.
     pub probes: HashMap<SocketAddrV6, Arc<ProbeCell>>,
+    /// The routes' backends resolved to cells, by backend list and port.
+    pub(crate) groups: HashMap<select::GroupKey, Arc<select::Group>>,
 }
 
 /// The edge's health state, shared by connections, the prober and /routes.
@@ -148,11 +150,20 @@ impl Health {
             }
         }
         let targets = probes.len();
-        self.snapshot.store(Arc::new(Snapshot {
+        let mut snap = Snapshot {
             overlay: overlay.clone(),
             cells,
             probes,
-        }));
+            groups: HashMap::new(),
+        };
+        for r in table.routes() {
+            let key = select::group_key(r);
+            if !snap.groups.contains_key(&key) {
+                let group = Arc::new(select::Group::build(&snap, r));
+                snap.groups.insert(key, group);
+            }
+        }
+        self.snapshot.store(Arc::new(snap));
         self.metrics.health.targets.set(targets as i64);
         self.changed.notify_one();
         if !self.prober_started.swap(true, Ordering::AcqRel) {

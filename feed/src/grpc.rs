@@ -87,8 +87,10 @@ async fn stream(feed: Arc<Feed>, mut after: u64, tx: mpsc::Sender<Result<v1::Eve
                 return;
             }
         };
-        let more = !batch.events.is_empty();
-        if more || first {
+        // A full page may have more behind it; a short one was everything
+        // up to this snapshot, so wait for the next wake-up.
+        let more = batch.events.len() >= feed.options().page;
+        if !batch.events.is_empty() || first {
             if let Some(last) = batch.events.last() {
                 after = last.event_id;
             }

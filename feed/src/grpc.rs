@@ -76,11 +76,11 @@ impl EventFeed for Service {
 /// fallback interval and reads again. A store failure ends the stream with
 /// UNAVAILABLE (the agent reconnects from its cursor).
 async fn stream(feed: Arc<Feed>, mut after: u64, tx: mpsc::Sender<Result<v1::EventBatch, Status>>) {
-    let mut wake = feed.store().wakeups();
+    let mut wake = feed.changes();
     let mut first = true;
     loop {
         wake.borrow_and_update();
-        let batch = match feed.store().page(after, feed.options().page).await {
+        let batch = match feed.read(after, feed.options().page).await {
             Ok(b) => b,
             Err(e) => {
                 let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;

@@ -7,10 +7,13 @@
 //! - event -> applied on *all* nodes (p50/p99): from the append's commit
 //!   to the last node's push that includes it;
 //! - the feed's CPU per agent, idle and under load (/proc/<pid>/stat);
-//! - transactions per second on PostgreSQL (pg_stat_database.xact_commit).
+//! - transactions per second on PostgreSQL (pg_stat_database.xact_commit);
+//! - the cost of the append lock: appends/s of 8 concurrent writers with
+//!   and without it, committing at once or 5 ms after the INSERT.
 //!
 //! `cargo bench -p edge-benches --bench fleet`. Knobs for a smoke run:
 //! `FLEET_AGENTS`, `FLEET_EVENTS`, `FLEET_RATE` (events/s), `FLEET_IDLE_SECS`,
+//! `FLEET_LOCK_SECS` (per lock-cost figure, 0 skips them),
 //! `FLEET_PROFILE=debug` (use target/debug binaries, skip the release build).
 
 use std::collections::HashMap;
@@ -270,6 +273,85 @@ async fn fleet() {
     drop(procs);
 }
 
+/// Appends/s of `WRITERS` writers, each appending one event per
+/// transaction to its own aggregate for `secs`, holding the transaction
+/// open `hold` after the INSERT.
+async fn appends_per_second(pg: &Postgres, secs: u64, hold: Duration) -> f64 {
+    const WRITERS: usize = 8;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let url = pg.url();
+            tokio::spawn(async move {
+                let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                let id = format!("cost-{w}-{}", fastrand::u64(..));
+                let mut n = 0i32;
+                while Instant::now() < deadline {
+                    let tx = client.transaction().await.unwrap();
+                    tx.execute(
+                        "INSERT INTO events (aggregate_type, aggregate_id, aggregate_seq, event_type, payload) \
+                         VALUES ('billing', $1, $2, 'cost.measured', '{}')",
+                        &[&id, &(n + 1)],
+                    )
+                    .await
+                    .unwrap();
+                    if !hold.is_zero() {
+                        tokio::time::sleep(hold).await;
+                    }
+                    tx.commit().await.unwrap();
+                    n += 1;
+                }
+                n as u64
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for w in writers {
+        total += w.await.unwrap();
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn lock_cost() {
+    let secs = knob("FLEET_LOCK_SECS", 5);
+    if secs == 0 {
+        return;
+    }
+    let pg = Postgres::start().await;
+    migrate(&pg.url());
+    let mut rows = Vec::new();
+    for hold in [Duration::ZERO, Duration::from_millis(5)] {
+        rows.push((
+            "with the append lock",
+            hold,
+            appends_per_second(&pg, secs, hold).await,
+        ));
+    }
+    pg.client()
+        .await
+        .batch_execute("DROP TRIGGER events_serialise_appends ON events")
+        .await
+        .unwrap();
+    for hold in [Duration::ZERO, Duration::from_millis(5)] {
+        rows.push((
+            "without it",
+            hold,
+            appends_per_second(&pg, secs, hold).await,
+        ));
+    }
+    println!("append lock cost: 8 writers, one event per transaction, {secs} s each");
+    for (label, hold, rate) in rows {
+        println!(
+            "  {label:<22} COMMIT {:>4?} after the INSERT: {rate:>8.0} appends/s",
+            hold
+        );
+    }
+}
+
 fn main() {
     binaries();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -277,5 +359,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(fleet());
+    runtime.block_on(async {
+        lock_cost().await;
+        fleet().await;
+    });
 }

@@ -1,9 +1,10 @@
 //! The protocol core both transports share: pages, long polls, applied
 //! reports and the read-your-writes wait, over any [`Store`].
 //!
-//! Wake-ups are hints: a loop that waits re-reads the store by id range
-//! when its store's watch channel moves *or* the fallback interval passes,
-//! so a lost notification costs at most `fallback`.
+//! Wake-ups are hints: the feed's one tail reader ([`crate::tail`]) re-reads
+//! the store by id range when the store's watch channel moves *or* the
+//! fallback interval passes, so a lost notification costs at most
+//! `fallback`; caught-up readers are served from that tail.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::applied::{verdict, Verdict};
 use crate::store::{AppliedReport, Store, StoreError};
+use crate::tail::Tail;
 
 /// How often a read-your-writes wait re-reads the checkpoints when no
 /// report reached this process (reports may go to another feed server).
@@ -46,6 +48,14 @@ pub struct Feed {
     store: Arc<dyn Store>,
     options: FeedOptions,
     applied: watch::Sender<u64>,
+    tail: Arc<Tail>,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
 }
 
 impl std::fmt::Debug for Feed {
@@ -58,12 +68,36 @@ impl std::fmt::Debug for Feed {
 }
 
 impl Feed {
+    /// A feed over `store`; spawns its tail reader (call within a tokio
+    /// runtime).
     pub fn new(store: Arc<dyn Store>, options: FeedOptions) -> Arc<Feed> {
+        let tail = Tail::new();
+        let follower = tokio::spawn(Arc::clone(&tail).follow(
+            Arc::clone(&store),
+            options.page,
+            options.fallback,
+        ));
         Arc::new(Feed {
             store,
             options,
             applied: watch::channel(0).0,
+            tail,
+            follower,
         })
+    }
+
+    /// Served events after `after` (at most `limit`) and the head: from the
+    /// shared tail when it covers `after`, else from the store.
+    pub async fn read(&self, after: u64, limit: usize) -> Result<EventBatch, StoreError> {
+        match self.tail.serve(after, limit, self.store.feed_id()) {
+            Some(batch) => Ok(batch),
+            None => self.store.page(after, limit).await,
+        }
+    }
+
+    /// Moves whenever the tail may have grown: what waiting readers watch.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.tail.changes()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -94,11 +128,11 @@ impl Feed {
         limit: usize,
         wait: Duration,
     ) -> Result<EventBatch, StoreError> {
-        let mut wake = self.store.wakeups();
+        let mut wake = self.changes();
         let deadline = Instant::now() + wait;
         loop {
             wake.borrow_and_update();
-            let batch = self.store.page(after, limit).await?;
+            let batch = self.read(after, limit).await?;
             let now = Instant::now();
             if !batch.events.is_empty() || now >= deadline {
                 return Ok(batch);

@@ -183,9 +183,8 @@ impl FileStore {
             loop {
                 tokio::time::sleep(FOLLOW_EVERY).await;
                 let s = Arc::clone(&store);
-                match tokio::task::spawn_blocking(move || s.follow()).await {
-                    Ok(Err(e)) => tracing::warn!(error = %e, "following the log"),
-                    Ok(Ok(_)) | Err(_) => {}
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.follow()).await {
+                    tracing::warn!(error = %e, "following the log");
                 }
             }
         })

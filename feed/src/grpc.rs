@@ -76,19 +76,21 @@ impl EventFeed for Service {
 /// fallback interval and reads again. A store failure ends the stream with
 /// UNAVAILABLE (the agent reconnects from its cursor).
 async fn stream(feed: Arc<Feed>, mut after: u64, tx: mpsc::Sender<Result<v1::EventBatch, Status>>) {
-    let mut wake = feed.store().wakeups();
+    let mut wake = feed.changes();
     let mut first = true;
     loop {
         wake.borrow_and_update();
-        let batch = match feed.store().page(after, feed.options().page).await {
+        let batch = match feed.read(after, feed.options().page).await {
             Ok(b) => b,
             Err(e) => {
                 let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
                 return;
             }
         };
-        let more = !batch.events.is_empty();
-        if more || first {
+        // A full page may have more behind it; a short one was everything
+        // up to this snapshot, so wait for the next wake-up.
+        let more = batch.events.len() >= feed.options().page;
+        if !batch.events.is_empty() || first {
             if let Some(last) = batch.events.last() {
                 after = last.event_id;
             }

@@ -83,15 +83,28 @@ fn reply(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> 
     r
 }
 
-fn bad(message: String) -> Response<Full<Bytes>> {
-    reply(StatusCode::BAD_REQUEST, &json!({ "error": message }))
+/// Why a request was not served: a 400 or a 503, with a message.
+enum Refusal {
+    Bad(String),
+    Unavailable(String),
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Response<Full<Bytes>> {
-    reply(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &json!({ "error": e.to_string() }),
-    )
+impl Refusal {
+    fn response(self) -> Response<Full<Bytes>> {
+        let (status, message) = match self {
+            Refusal::Bad(m) => (StatusCode::BAD_REQUEST, m),
+            Refusal::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+        };
+        reply(status, &json!({ "error": message }))
+    }
+}
+
+fn bad(message: String) -> Refusal {
+    Refusal::Bad(message)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Refusal {
+    Refusal::Unavailable(e.to_string())
 }
 
 fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
@@ -104,7 +117,7 @@ fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn number(key: &str, value: &str) -> Result<u64, Response<Full<Bytes>>> {
+fn number(key: &str, value: &str) -> Result<u64, Refusal> {
     value
         .parse()
         .map_err(|_| bad(format!("{key}: {value:?} is not a non-negative integer")))
@@ -132,10 +145,10 @@ async fn respond(feed: &Feed, req: Request<Incoming>) -> Response<Full<Bytes>> {
             &json!({ "error": "not found" }),
         )),
     };
-    result.unwrap_or_else(|r| r)
+    result.unwrap_or_else(Refusal::response)
 }
 
-type Answer = Result<Response<Full<Bytes>>, Response<Full<Bytes>>>;
+type Answer = Result<Response<Full<Bytes>>, Refusal>;
 
 async fn events(feed: &Feed, req: &Request<Incoming>) -> Answer {
     let (mut after, mut limit, mut wait) = (0, feed.options().page, Duration::ZERO);

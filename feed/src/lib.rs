@@ -18,6 +18,8 @@
 //! - [`grpc`], [`http`]: the two transports.
 //! - [`tls`]: rustls server configs that require a client certificate.
 //! - [`serve`]: binding the listeners.
+//! - [`tail`]: the newest events, read once per wake-up, shared by
+//!   caught-up readers.
 #![forbid(unsafe_code)]
 
 pub mod applied;
@@ -29,6 +31,7 @@ pub mod memory;
 pub mod pg;
 pub mod serve;
 pub mod store;
+pub mod tail;
 pub mod tls;
 
 pub use feed::{Feed, FeedOptions};

@@ -165,10 +165,9 @@ impl Store for MemoryStore {
         }
         let mut log = self.log();
         let key = (aggregate_type.to_owned(), aggregate_id.to_owned());
-        let mut seq = log.seqs.get(&key).copied().unwrap_or(0);
+        let prev = log.seqs.get(&key).copied().unwrap_or(0);
         let mut ids = Vec::with_capacity(events.len());
-        for e in events {
-            seq += 1;
+        for (seq, e) in (prev + 1..).zip(events) {
             let event_id = log.events.last().map_or(1, |e| e.event_id + 1);
             push(
                 &mut log,

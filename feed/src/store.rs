@@ -74,7 +74,7 @@ pub struct Checkpoint {
 /// An event log the feed can serve.
 #[tonic::async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// The identity of the log (contract §2 `feed_id`).
+    /// The identity of the log (`feed_id` in docs/event-contract.md).
     fn feed_id(&self) -> &str;
 
     /// Bumped whenever the log may have grown: stream loops wait on it,

@@ -281,6 +281,7 @@ impl App {
             overlay: config.overlay.clone(),
             errors: compiled.errors,
         }));
+        shared.metrics.routes_rejected_new(&old.errors, &errors);
         tokio::task::spawn_blocking(move || drop(old));
         let live = shared.live.load_full();
         shared.health.update(&live.table, &live.overlay);
@@ -290,7 +291,6 @@ impl App {
         m.table_version.set(version as i64);
         m.routes.set(live.table.routes().len() as i64);
         m.routes_rejected.set(errors.len() as i64);
-        m.routes_rejected_new(&old.errors, &errors);
         m.listeners.set(live.table.listeners().count() as i64);
         tracing::info!(
             version,

@@ -199,7 +199,9 @@ fn backends(
     let mut ids = HashSet::with_capacity(spec.instances.len());
     // The first instance on each overlay address: an instance of another
     // env on the same address is rejected (it would receive this env's
-    // clients).
+    // clients). Loopback is exempt, as for env addresses: it is never an
+    // overlay address in production, and on one machine (tests, the README)
+    // every env's backends live on `::1`, told apart by port.
     let mut addr_owners: HashMap<Ipv6Addr, (Arc<str>, EnvId)> = HashMap::new();
     let mut healthy: BTreeMap<BackendKey, Vec<(Arc<str>, Ipv6Addr)>> = BTreeMap::new();
     for inst_spec in &spec.instances {
@@ -210,7 +212,9 @@ fn backends(
                 });
             }
             match addr_owners.get(&inst.addr) {
-                Some((owner, owner_env)) if *owner_env != inst.env => {
+                Some((owner, owner_env))
+                    if *owner_env != inst.env && !inst.addr.is_loopback() =>
+                {
                     Err(InstanceError::AddrTaken {
                         instance: inst_spec.id.clone(),
                         addr: inst.addr,

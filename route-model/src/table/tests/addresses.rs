@@ -320,3 +320,20 @@ fn a_health_source_needs_a_port_and_a_process_type() {
         .to_string()
         .contains("health_source.process_type"));
 }
+
+#[test]
+fn loopback_instances_of_two_envs_may_share_an_address() {
+    let c = build(&[
+        env("acme/shop/prod", &["::1"], None, &[]),
+        env("acme/blog/prod", &["::1"], None, &[]),
+        instance("i-shop", "acme/shop/prod", "::1"),
+        instance("i-blog", "acme/blog/prod", "::1"),
+    ]);
+    // (Outside the default overlay prefixes they are rejected for that,
+    // but never for sharing the address.)
+    assert!(
+        c.errors.iter().all(|e| e.kind() != "instance_addr_taken"),
+        "{:?}",
+        c.errors
+    );
+}

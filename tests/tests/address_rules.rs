@@ -77,7 +77,7 @@ const EXPECTED: &[Expected] = &[
         "instance",
         "i-other",
         "instance_addr_taken",
-        &["addr ::1", "i-ok", "acme/ok/prod"],
+        &["addr fd00:e1::42", "i-ok-db", "acme/ok/prod"],
     ),
     (
         "route",
@@ -158,7 +158,22 @@ fn spec(ok_port: u16, v6_port: u16) -> RoutingSpec {
             env("acme/outside/prod", &["2001:db8:9::1"], None, &[]),
             env("acme/thief/prod", &["::1"], Some("127.0.0.1"), &[]),
         ],
-        instances: vec![instance("i-ok", OK), instance("i-other", "acme/other/prod")],
+        // Loopback is exempt from the one-env-per-overlay-address rule (every
+        // env's test backends are ::1), so the contested address is an
+        // overlay one: i-other (another env) is refused the address i-ok-db
+        // took first.
+        instances: vec![
+            instance("i-ok", OK),
+            InstanceSpec {
+                process_type: "db".into(),
+                addr: "fd00:e1::42".into(),
+                ..instance("i-ok-db", OK)
+            },
+            InstanceSpec {
+                addr: "fd00:e1::42".into(),
+                ..instance("i-other", "acme/other/prod")
+            },
+        ],
         routes: vec![
             RouteSpec {
                 ipv4_required: true,

@@ -156,6 +156,13 @@ impl Withdrawals {
     }
 }
 
+/// A listening socket bound (or adopted) for a table not yet live.
+#[derive(Debug)]
+struct Pending {
+    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+}
+
 /// The edge: shared state plus the listener set.
 #[derive(Debug)]
 pub struct App {
@@ -275,12 +282,13 @@ impl App {
         let errors = compiled.errors.clone();
         // Listeners first, then the table: once a version is visible (on
         // /routes, /readyz, to a pushing agent), its listeners are bound.
-        self.sync_listeners(&compiled.table);
+        let pending = self.sync_listeners(&compiled.table);
         let old = shared.live.swap(Arc::new(Live {
             table: compiled.table,
             overlay: config.overlay.clone(),
             errors: compiled.errors,
         }));
+        self.start_accepting(pending);
         shared.metrics.routes_rejected_new(&old.errors, &errors);
         tokio::task::spawn_blocking(move || drop(old));
         let live = shared.live.load_full();
@@ -303,7 +311,15 @@ impl App {
     }
 
     /// Closes listeners whose pair is gone and binds the new ones.
-    fn sync_listeners(self: &Arc<Self>, table: &RouteTable) {
+    ///
+    /// New and adopted sockets are bound and listening when this returns,
+    /// but nothing accepts on them yet: the caller starts their accept
+    /// loops ([`App::start_accepting`]) once the table that needs them is
+    /// live. Accepting earlier would route a connection by the previous
+    /// table: after an upgrade, the empty table of a process that has not
+    /// applied its first one, which closes the connection unanswered.
+    /// (Until then connections wait in the listen backlog.)
+    fn sync_listeners(self: &Arc<Self>, table: &RouteTable) -> Vec<Pending> {
         let wanted: HashSet<SocketAddr> = table.listeners().map(|(a, _)| *a).collect();
         let mut running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         let mut fds = self.listener_fds.lock().unwrap_or_else(|p| p.into_inner());
@@ -318,6 +334,7 @@ impl App {
         });
         let mut inherited = self.inherited.lock().unwrap_or_else(|p| p.into_inner());
         let mut unbound = 0;
+        let mut pending = Vec::new();
         for addr in wanted {
             if running.contains_key(&addr) {
                 continue;
@@ -337,12 +354,7 @@ impl App {
             match ready {
                 Ok((listener, dup)) => {
                     tracing::info!(%addr, "{how}");
-                    let task = tokio::spawn(listen::accept_loop(
-                        listener,
-                        addr,
-                        Arc::clone(&self.shared),
-                    ));
-                    running.insert(addr, task);
+                    pending.push(Pending { addr, listener });
                     fds.insert(addr, dup);
                 }
                 Err(e) => {
@@ -353,6 +365,21 @@ impl App {
         }
         self.shared.unbound.store(unbound, Ordering::Release);
         self.shared.metrics.listeners_unbound.set(unbound as i64);
+        pending
+    }
+
+    /// Starts the accept loops of listeners [`App::sync_listeners`] bound,
+    /// once the table they serve is live.
+    fn start_accepting(self: &Arc<Self>, pending: Vec<Pending>) {
+        let mut running = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        for Pending { addr, listener } in pending {
+            let task = tokio::spawn(listen::accept_loop(
+                listener,
+                addr,
+                Arc::clone(&self.shared),
+            ));
+            running.insert(addr, task);
+        }
     }
 
     /// Listening sockets received from a previous process (upgrade).
@@ -404,7 +431,8 @@ impl App {
             {
                 let _one_at_a_time = self.applying.lock().await;
                 let live = self.shared.live.load_full();
-                self.sync_listeners(&live.table);
+                let pending = self.sync_listeners(&live.table);
+                self.start_accepting(pending);
             }
         }
     }

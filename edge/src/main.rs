@@ -76,12 +76,12 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Check { syntax_only: true }) => {
-            print!("{}", check::syntax_report(&config));
+            emit(&check::syntax_report(&config));
             ExitCode::SUCCESS
         }
         Some(Command::Check { syntax_only: false }) => {
             let compiled = check::compile_config(&config);
-            print!("{}", check::report(&compiled));
+            emit(&check::report(&compiled));
             if compiled.errors.is_empty() {
                 ExitCode::SUCCESS
             } else {
@@ -140,4 +140,11 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Writes a report to stdout; a reader that went away (`edge check | head`)
+/// is not an error worth a panic.
+fn emit(report: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(report.as_bytes());
 }

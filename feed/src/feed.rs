@@ -90,7 +90,10 @@ impl Feed {
     /// shared tail when it covers `after`, else from the store.
     pub async fn read(&self, after: u64, limit: usize) -> Result<EventBatch, StoreError> {
         let generation = self.store.generation();
-        match self.tail.serve(after, limit, self.store.feed_id(), generation) {
+        match self
+            .tail
+            .serve(after, limit, self.store.feed_id(), generation)
+        {
             Some(batch) => Ok(batch),
             None => self.store.page(after, limit).await,
         }

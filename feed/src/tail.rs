@@ -153,7 +153,10 @@ mod tests {
             "nothing before the first read"
         );
         tail.read(&store, 2).await.unwrap();
-        assert!(tail.serve(1, 10, "f", 0).is_none(), "before the cached range");
+        assert!(
+            tail.serve(1, 10, "f", 0).is_none(),
+            "before the cached range"
+        );
         let caught_up = tail.serve(2, 10, "f", 0).unwrap();
         assert!(caught_up.events.is_empty());
         assert_eq!(caught_up.head, 2);

@@ -62,12 +62,49 @@ struct Log {
     grpc_unavailable: bool,
     /// A head to report instead of the newest event_id (fault injection).
     reported_head: Option<u64>,
+    /// The greatest `event_id`, of any type and of the served types.
+    newest: u64,
+    newest_served: u64,
+    /// Whether `events` is in `event_id` order (raw appends may break it):
+    /// pages then find their start by bisection, not by a scan.
+    ordered: bool,
 }
 
 impl Log {
+    fn new() -> Log {
+        Log {
+            ordered: true,
+            ..Log::default()
+        }
+    }
+
     /// The greatest `event_id` (the last one, unless appended raw).
     fn newest(&self) -> u64 {
-        self.events.iter().map(|e| e.event_id).max().unwrap_or(0)
+        self.newest
+    }
+
+    /// Recomputes what `push` keeps up to date, after events were removed.
+    fn reindex(&mut self) {
+        let mut seqs = HashMap::new();
+        for e in &self.events {
+            let seq = seqs
+                .entry((e.aggregate_type.clone(), e.aggregate_id.clone()))
+                .or_insert(0);
+            *seq = e.aggregate_seq.max(*seq);
+        }
+        self.seqs = seqs;
+        self.newest = self.events.iter().map(|e| e.event_id).max().unwrap_or(0);
+        self.newest_served = self
+            .events
+            .iter()
+            .filter(|e| served(e))
+            .map(|e| e.event_id)
+            .max()
+            .unwrap_or(0);
+        self.ordered = self
+            .events
+            .windows(2)
+            .all(|w| w[0].event_id < w[1].event_id);
     }
 
     fn next_id(&self) -> u64 {
@@ -81,6 +118,11 @@ impl Log {
             .or_insert(0);
         *seq = (*seq).max(event.aggregate_seq);
         let id = event.event_id;
+        self.ordered &= id > self.newest;
+        self.newest = self.newest.max(id);
+        if served(&event) {
+            self.newest_served = self.newest_served.max(id);
+        }
         self.events.push(event);
         id
     }
@@ -126,7 +168,7 @@ pub struct Feed {
 impl Feed {
     pub fn new() -> Arc<Feed> {
         Arc::new(Feed {
-            log: Mutex::new(Log::default()),
+            log: Mutex::new(Log::new()),
             feed_id: Mutex::new(DEFAULT_FEED_ID),
             generation: AtomicU64::new(0),
             head: watch::channel(0).0,
@@ -200,26 +242,22 @@ impl Feed {
     /// what edge-feed reads from this store.
     pub fn page(&self, after: u64, limit: usize) -> EventBatch {
         let log = self.log();
-        let start = log
-            .events
-            .iter()
-            .position(|e| e.event_id > after)
-            .unwrap_or(log.events.len());
+        let start = if log.ordered {
+            log.events.partition_point(|e| e.event_id <= after)
+        } else {
+            log.events
+                .iter()
+                .position(|e| e.event_id > after)
+                .unwrap_or(log.events.len())
+        };
         let events = log.events[start..]
             .iter()
             .filter(|e| served(e))
             .take(limit)
             .cloned()
             .collect();
-        let newest = log
-            .events
-            .iter()
-            .filter(|e| served(e))
-            .map(|e| e.event_id)
-            .max()
-            .unwrap_or(0);
         EventBatch {
-            head: log.reported_head.unwrap_or(newest),
+            head: log.reported_head.unwrap_or(log.newest_served),
             events,
             feed_id: Some(Store::feed_id(self).to_owned()),
         }
@@ -245,14 +283,7 @@ impl Feed {
     pub fn truncate(&self, event_id: u64) {
         let mut log = self.log();
         log.events.retain(|e| e.event_id <= event_id);
-        let mut seqs = HashMap::new();
-        for e in &log.events {
-            let seq = seqs
-                .entry((e.aggregate_type.clone(), e.aggregate_id.clone()))
-                .or_insert(0);
-            *seq = e.aggregate_seq.max(*seq);
-        }
-        log.seqs = seqs;
+        log.reindex();
         self.rewritten(log);
     }
 
@@ -263,7 +294,7 @@ impl Feed {
         let id: &'static str = Box::leak(feed_id.unwrap_or_default().to_owned().into_boxed_str());
         *self.feed_id.lock().unwrap_or_else(|p| p.into_inner()) = id;
         log.events.clear();
-        log.seqs.clear();
+        log.reindex();
         self.rewritten(log);
     }
 

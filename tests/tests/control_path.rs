@@ -85,7 +85,11 @@ async fn an_agent_restored_from_an_old_backup_cannot_roll_the_edge_back() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(node.edge().log().contains("stale push"), "{}", node.edge().log());
+    assert!(
+        node.edge().log().contains("stale push"),
+        "{}",
+        node.edge().log()
+    );
     let edge_refused = metric_value(
         &node.edge().metrics().await,
         "edge_control_pushes_total",

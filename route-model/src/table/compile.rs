@@ -212,9 +212,7 @@ fn backends(
                 });
             }
             match addr_owners.get(&inst.addr) {
-                Some((owner, owner_env))
-                    if *owner_env != inst.env && !inst.addr.is_loopback() =>
-                {
+                Some((owner, owner_env)) if *owner_env != inst.env && !inst.addr.is_loopback() => {
                     Err(InstanceError::AddrTaken {
                         instance: inst_spec.id.clone(),
                         addr: inst.addr,

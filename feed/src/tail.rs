@@ -172,4 +172,82 @@ mod tests {
         assert_eq!(page.head, 6);
         assert_eq!(tail.serve(4, 1, "f", 0).unwrap().events[0].event_id, 5);
     }
+
+    /// A memory store whose log can be rewritten (a restore).
+    struct Rewritable {
+        log: std::sync::Mutex<Arc<MemoryStore>>,
+        generation: std::sync::atomic::AtomicU64,
+    }
+
+    impl Rewritable {
+        fn current(&self) -> Arc<MemoryStore> {
+            Arc::clone(&self.log.lock().unwrap())
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Store for Rewritable {
+        fn feed_id(&self) -> &str {
+            "f"
+        }
+        fn wakeups(&self) -> watch::Receiver<u64> {
+            watch::channel(0).1
+        }
+        async fn page(&self, after: u64, limit: usize) -> Result<EventBatch, crate::StoreError> {
+            self.current().page(after, limit).await
+        }
+        async fn append(
+            &self,
+            t: &str,
+            id: &str,
+            events: &[NewEvent],
+        ) -> Result<Vec<u64>, crate::AppendError> {
+            self.current().append(t, id, events).await
+        }
+        async fn report_applied(
+            &self,
+            report: &crate::AppliedReport,
+        ) -> Result<(), crate::StoreError> {
+            self.current().report_applied(report).await
+        }
+        async fn checkpoints(&self) -> Result<Vec<crate::Checkpoint>, crate::StoreError> {
+            self.current().checkpoints().await
+        }
+        fn generation(&self) -> u64 {
+            self.generation.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_log_is_never_served_from_the_cache() {
+        let store = Rewritable {
+            log: std::sync::Mutex::new(Arc::new(MemoryStore::new("f"))),
+            generation: 0.into(),
+        };
+        store
+            .append("route", "a", &[ev(), ev(), ev()])
+            .await
+            .unwrap();
+        let tail = Tail::new();
+        tail.read(&store, 10).await.unwrap();
+        store.append("route", "a", &[ev()]).await.unwrap();
+        tail.read(&store, 10).await.unwrap();
+        assert_eq!(tail.serve(3, 10, "f", 0).unwrap().events.len(), 1);
+        // Restored from a backup holding two events.
+        let restored = Arc::new(MemoryStore::new("f"));
+        restored.append("route", "a", &[ev(), ev()]).await.unwrap();
+        *store.log.lock().unwrap() = restored;
+        store
+            .generation
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            tail.serve(3, 10, "f", 1).is_none(),
+            "the old log's events are not served"
+        );
+        tail.read(&store, 10).await.unwrap();
+        let page = tail.serve(2, 10, "f", 1).unwrap();
+        assert!(page.events.is_empty());
+        assert_eq!(page.head, 2, "the head went down with the log");
+        assert!(tail.serve(3, 10, "f", 1).is_none(), "beyond the new head");
+    }
 }

@@ -89,7 +89,11 @@ impl Feed {
     /// Served events after `after` (at most `limit`) and the head: from the
     /// shared tail when it covers `after`, else from the store.
     pub async fn read(&self, after: u64, limit: usize) -> Result<EventBatch, StoreError> {
-        match self.tail.serve(after, limit, self.store.feed_id()) {
+        let generation = self.store.generation();
+        match self
+            .tail
+            .serve(after, limit, self.store.feed_id(), generation)
+        {
             Some(batch) => Ok(batch),
             None => self.store.page(after, limit).await,
         }

@@ -2,6 +2,10 @@
 //! pages, then new events as they commit; `ReportApplied` records the
 //! node's cursor. The first message always goes out at once (possibly
 //! without events), so a subscriber learns the head and feed_id at once.
+//!
+//! [`EventFeedService`] is public so a caller can wrap it in its own
+//! `EventFeed` (the black-box tests inject transport faults that way) and
+//! serve the wrapper with [`serve_service`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,14 +27,23 @@ use crate::store::{AppliedReport, Rejected};
 /// Largest message a stream sends (a page of big payloads).
 const MAX_MESSAGE: usize = 256 << 20;
 
-struct Service {
+/// The `EventFeed` implementation over a [`Feed`].
+#[derive(Debug)]
+pub struct EventFeedService {
     feed: Arc<Feed>,
 }
 
-type Batches = Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::EventBatch, Status>> + Send>>;
+impl EventFeedService {
+    pub fn new(feed: Arc<Feed>) -> EventFeedService {
+        EventFeedService { feed }
+    }
+}
+
+/// The stream `Subscribe` answers with.
+pub type Batches = Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::EventBatch, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl EventFeed for Service {
+impl EventFeed for EventFeedService {
     type SubscribeStream = Batches;
 
     /// `event_types` is ignored: the feed serves whole aggregates of the
@@ -73,13 +86,23 @@ impl EventFeed for Service {
 }
 
 /// Pages after `after` until caught up, then waits for a wake-up or the
-/// fallback interval and reads again. A store failure ends the stream with
+/// fallback interval and reads again. A store failure, or a log rewritten
+/// under the stream ([`crate::Store::generation`]), ends the stream with
 /// UNAVAILABLE (the agent reconnects from its cursor).
 async fn stream(feed: Arc<Feed>, mut after: u64, tx: mpsc::Sender<Result<v1::EventBatch, Status>>) {
     let mut wake = feed.changes();
+    let generation = feed.store().generation();
     let mut first = true;
     loop {
         wake.borrow_and_update();
+        if feed.store().generation() != generation {
+            let _ = tx
+                .send(Err(Status::unavailable(
+                    "the event log was rewritten (restored or replaced): subscribe again",
+                )))
+                .await;
+            return;
+        }
         let batch = match feed.read(after, feed.options().page).await {
             Ok(b) => b,
             Err(e) => {
@@ -145,7 +168,17 @@ pub fn serve(
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
 ) -> Result<tokio::task::JoinHandle<()>, tonic::transport::Error> {
-    let service = EventFeedServer::new(Service { feed }).max_encoding_message_size(MAX_MESSAGE);
+    serve_service(EventFeedService::new(feed), listener, tls)
+}
+
+/// [`serve`] with any `EventFeed` implementation, typically one that
+/// wraps an [`EventFeedService`].
+pub fn serve_service<S: EventFeed>(
+    service: S,
+    listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
+) -> Result<tokio::task::JoinHandle<()>, tonic::transport::Error> {
+    let service = EventFeedServer::new(service).max_encoding_message_size(MAX_MESSAGE);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;

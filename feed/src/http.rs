@@ -8,6 +8,10 @@
 //! - `GET /healthz` → 200
 //!
 //! A store failure answers 503: the agent retries from its cursor.
+//!
+//! [`respond`] is public and [`serve_with`] serves any handler, so a caller
+//! can look at or refuse requests before the feed answers them (the
+//! black-box tests record polls that way).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -33,6 +37,9 @@ const MAX_APPLIED_WAIT: Duration = Duration::from_secs(60);
 /// Request bodies are small JSON documents.
 const MAX_BODY: usize = 1 << 20;
 
+/// What [`serve_with`] answers requests with.
+pub type Reply = Response<Full<Bytes>>;
+
 /// Serves on `listener` until the task is aborted. With `tls`, a client
 /// must present a certificate the config's verifier accepts.
 pub fn serve(
@@ -40,6 +47,22 @@ pub fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
 ) -> tokio::task::JoinHandle<()> {
+    serve_with(listener, tls, move |req| {
+        let feed = Arc::clone(&feed);
+        async move { respond(&feed, req).await }
+    })
+}
+
+/// [`serve`] with any handler, typically one that ends in [`respond`].
+pub fn serve_with<H, F>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    handler: H,
+) -> tokio::task::JoinHandle<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Reply> + Send + 'static,
+{
     tokio::spawn(async move {
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
@@ -47,12 +70,12 @@ pub fn serve(
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let feed = Arc::clone(&feed);
+            let handler = handler.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
-                    let feed = Arc::clone(&feed);
-                    async move { Ok::<_, Infallible>(respond(&feed, req).await) }
+                    let answer = handler(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
                 });
                 let http = hyper::server::conn::http1::Builder::new();
                 let served = match tls {
@@ -123,7 +146,8 @@ fn number(key: &str, value: &str) -> Result<u64, Refusal> {
         .map_err(|_| bad(format!("{key}: {value:?} is not a non-negative integer")))
 }
 
-async fn respond(feed: &Feed, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Answers one request of the protocol above.
+pub async fn respond(feed: &Feed, req: Request<Incoming>) -> Reply {
     let result = match (req.method().clone(), req.uri().path()) {
         (Method::GET, "/events") => events(feed, &req).await,
         (Method::POST, "/applied") => applied(feed, req).await,

@@ -101,4 +101,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every node's last report.
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
+
+    /// Moves when the log was rewritten rather than appended to (restored
+    /// from a backup, replaced by another log) while the feed runs. The
+    /// feed then drops its cached tail and ends open streams with
+    /// UNAVAILABLE, as a restart would, so every reader re-reads the store
+    /// and sees the new head and feed_id. A store that only grows keeps
+    /// the default, which never moves: PostgreSQL and file logs are
+    /// restored with the server stopped (docs/edge-feed.md); the tests'
+    /// in-memory log rewrites itself while served.
+    fn generation(&self) -> u64 {
+        0
+    }
 }

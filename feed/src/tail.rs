@@ -22,6 +22,8 @@ const CAPACITY: usize = 10_000;
 
 #[derive(Debug, Default)]
 struct Cached {
+    /// The store's [`Store::generation`] the cache was read in.
+    generation: u64,
     /// False until the first read: nothing may be served from it before.
     ready: bool,
     /// Every served event with `start < event_id <= upto` is in `events`.
@@ -51,10 +53,17 @@ impl Tail {
         self.version.subscribe()
     }
 
-    /// The page after `after` from the cache, when the cache covers it.
-    pub fn serve(&self, after: u64, limit: usize, feed_id: &str) -> Option<EventBatch> {
+    /// The page after `after` from the cache, when the cache covers it
+    /// and was read in the store's current `generation`.
+    pub fn serve(
+        &self,
+        after: u64,
+        limit: usize,
+        feed_id: &str,
+        generation: u64,
+    ) -> Option<EventBatch> {
         let c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        if !c.ready || after < c.start || after > c.upto {
+        if !c.ready || c.generation != generation || after < c.start || after > c.upto {
             return None;
         }
         let from = c.events.partition_point(|e| e.event_id <= after);
@@ -79,7 +88,18 @@ impl Tail {
     }
 
     async fn read(&self, store: &dyn Store, page: usize) -> Result<(), crate::StoreError> {
-        let ready = self.cached.lock().unwrap_or_else(|p| p.into_inner()).ready;
+        let generation = store.generation();
+        let ready = {
+            let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+            if c.generation != generation {
+                // The log was rewritten: what was cached may be gone.
+                *c = Cached {
+                    generation,
+                    ..Cached::default()
+                };
+            }
+            c.ready
+        };
         if !ready {
             let batch = store.page(u64::MAX, 1).await?;
             let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
@@ -129,12 +149,15 @@ mod tests {
         store.append("route", "a", &[ev(), ev()]).await.unwrap();
         let tail = Tail::new();
         assert!(
-            tail.serve(2, 10, "f").is_none(),
+            tail.serve(2, 10, "f", 0).is_none(),
             "nothing before the first read"
         );
         tail.read(&store, 2).await.unwrap();
-        assert!(tail.serve(1, 10, "f").is_none(), "before the cached range");
-        let caught_up = tail.serve(2, 10, "f").unwrap();
+        assert!(
+            tail.serve(1, 10, "f", 0).is_none(),
+            "before the cached range"
+        );
+        let caught_up = tail.serve(2, 10, "f", 0).unwrap();
         assert!(caught_up.events.is_empty());
         assert_eq!(caught_up.head, 2);
         store.append("billing", "b", &[ev()]).await.unwrap();
@@ -143,10 +166,88 @@ mod tests {
             .await
             .unwrap();
         tail.read(&store, 2).await.unwrap(); // two pages: full, then short
-        let page = tail.serve(2, 10, "f").unwrap();
+        let page = tail.serve(2, 10, "f", 0).unwrap();
         let ids: Vec<u64> = page.events.iter().map(|e| e.event_id).collect();
         assert_eq!(ids, [4, 5, 6]);
         assert_eq!(page.head, 6);
-        assert_eq!(tail.serve(4, 1, "f").unwrap().events[0].event_id, 5);
+        assert_eq!(tail.serve(4, 1, "f", 0).unwrap().events[0].event_id, 5);
+    }
+
+    /// A memory store whose log can be rewritten (a restore).
+    struct Rewritable {
+        log: std::sync::Mutex<Arc<MemoryStore>>,
+        generation: std::sync::atomic::AtomicU64,
+    }
+
+    impl Rewritable {
+        fn current(&self) -> Arc<MemoryStore> {
+            Arc::clone(&self.log.lock().unwrap())
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Store for Rewritable {
+        fn feed_id(&self) -> &str {
+            "f"
+        }
+        fn wakeups(&self) -> watch::Receiver<u64> {
+            watch::channel(0).1
+        }
+        async fn page(&self, after: u64, limit: usize) -> Result<EventBatch, crate::StoreError> {
+            self.current().page(after, limit).await
+        }
+        async fn append(
+            &self,
+            t: &str,
+            id: &str,
+            events: &[NewEvent],
+        ) -> Result<Vec<u64>, crate::AppendError> {
+            self.current().append(t, id, events).await
+        }
+        async fn report_applied(
+            &self,
+            report: &crate::AppliedReport,
+        ) -> Result<(), crate::StoreError> {
+            self.current().report_applied(report).await
+        }
+        async fn checkpoints(&self) -> Result<Vec<crate::Checkpoint>, crate::StoreError> {
+            self.current().checkpoints().await
+        }
+        fn generation(&self) -> u64 {
+            self.generation.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_log_is_never_served_from_the_cache() {
+        let store = Rewritable {
+            log: std::sync::Mutex::new(Arc::new(MemoryStore::new("f"))),
+            generation: 0.into(),
+        };
+        store
+            .append("route", "a", &[ev(), ev(), ev()])
+            .await
+            .unwrap();
+        let tail = Tail::new();
+        tail.read(&store, 10).await.unwrap();
+        store.append("route", "a", &[ev()]).await.unwrap();
+        tail.read(&store, 10).await.unwrap();
+        assert_eq!(tail.serve(3, 10, "f", 0).unwrap().events.len(), 1);
+        // Restored from a backup holding two events.
+        let restored = Arc::new(MemoryStore::new("f"));
+        restored.append("route", "a", &[ev(), ev()]).await.unwrap();
+        *store.log.lock().unwrap() = restored;
+        store
+            .generation
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            tail.serve(3, 10, "f", 1).is_none(),
+            "the old log's events are not served"
+        );
+        tail.read(&store, 10).await.unwrap();
+        let page = tail.serve(2, 10, "f", 1).unwrap();
+        assert!(page.events.is_empty());
+        assert_eq!(page.head, 2, "the head went down with the log");
+        assert!(tail.serve(3, 10, "f", 1).is_none(), "beyond the new head");
     }
 }

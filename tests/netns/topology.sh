@@ -2,7 +2,7 @@
 # A production-shaped topology in network namespaces, checked end to end:
 #
 #   edgetest-cl (client, "internet")  --veth--  edgetest-ed (edge node)  --veth--  edgetest-ov (overlay)
-#   192.0.2.10/24, 2001:db8:c::10/64           event-feed, edge-agent, edge        microVM backends on fdaa::/16
+#   192.0.2.10/24, 2001:db8:c::10/64           edge-feed, edge-agent, edge         microVM backends on fdaa::/16
 #                                               envs: 2001:db8:e::a (+203.0.113.7)  IPv6 only
 #                                                     2001:db8:e::b
 #
@@ -11,7 +11,7 @@
 # veth pairs) on exit, by name. Needs root, iproute2, curl, openssl.
 #
 # Usage: tests/netns/topology.sh [bin_dir]   (default target/debug; needs
-# edge, edge-agent, event-feed and netns-backend built there)
+# edge, edge-agent, edge-feed and netns-backend built there)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN="$(realpath "${1:-target/debug}")"
@@ -40,7 +40,7 @@ start() { # start NS LOG CMD... : a background process stopped by PID on exit
   LAST_PID=$!
 }
 
-for b in edge edge-agent event-feed netns-backend; do
+for b in edge edge-agent edge-feed netns-backend; do
   [ -x "$BIN/$b" ] || fail "$BIN/$b is not built"
 done
 for ns in $CL $ED $OV; do ip netns del "$ns" 2>/dev/null || true; ip netns add "$ns"; in_ns "$ns" ip link set lo up; done
@@ -110,13 +110,13 @@ control_socket = "$WORK/control.sock"
 [metrics]
 listen = "127.0.0.1:9902"
 TOML
-start $ED feed "$BIN/event-feed" --events "$WORK/events.jsonl" --grpc 127.0.0.1:7443 --http 127.0.0.1:8080
+start $ED feed "$BIN/edge-feed" serve --store "file:$WORK/events.jsonl" --grpc 127.0.0.1:7443 --http 127.0.0.1:8080
 start $ED edge "$BIN/edge" --config "$WORK/edge.toml"
 start $ED agent "$BIN/edge-agent" --config "$WORK/agent.toml"
 
 # wait until the agent has applied every event (head 10)
 for _ in $(seq 100); do
-  applied=$(in_ns $ED curl -s 'http://127.0.0.1:8080/applied?node_id=edge-ns-1' || true)
+  applied=$(in_ns $ED curl -s 'http://127.0.0.1:8080/applied' || true)
   case "$applied" in *'"event_id":10'*) break ;; esac
   sleep 0.1
 done
@@ -157,7 +157,7 @@ done
 ok "a1 stopped: 10/10 requests served by a2"
 echo '{"aggregate_type":"instance","aggregate_id":"a1","event_type":"instance.down","payload":{}}' >>"$WORK/events.jsonl"
 for _ in $(seq 50); do
-  case "$(in_ns $ED curl -s 'http://127.0.0.1:8080/applied?node_id=edge-ns-1')" in *'"event_id":11'*) break ;; esac
+  case "$(in_ns $ED curl -s 'http://127.0.0.1:8080/applied')" in *'"event_id":11'*) break ;; esac
   sleep 0.1
 done
 body=$(get --resolve a.example.com:443:203.0.113.7 https://a.example.com/) || fail "after instance.down"

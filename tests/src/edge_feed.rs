@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::agent::{AgentProcess, AgentToml};
+use crate::agent::{AgentProcess, AgentTls, AgentToml};
 use crate::edge::{built_binary, get, Edge, Toml};
 use crate::ports::free_port;
 
@@ -157,6 +157,34 @@ impl Drop for FeedProcess {
     }
 }
 
+/// `edge-feed append --store STORE ...`, asserting success; the event_id.
+pub fn append(
+    store: &str,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    event_type: &str,
+    payload: &serde_json::Value,
+) -> u64 {
+    let out = feed_cli(&[
+        "append",
+        "--store",
+        store,
+        aggregate_type,
+        aggregate_id,
+        event_type,
+        &payload.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "edge-feed append: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("edge-feed append prints the event_id")
+}
+
 /// Which transport a node's agent follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -191,6 +219,19 @@ impl Node {
         port: u16,
         policy: &[(&str, String)],
     ) -> Node {
+        Node::start_tls(node_id, feed, via, port, policy, None).await
+    }
+
+    /// As [`Node::start_with`], the agent following the feed over TLS
+    /// (`[feed] tls`, `https://` endpoints) when `tls` is given.
+    pub async fn start_tls(
+        node_id: &str,
+        feed: &FeedProcess,
+        via: Via,
+        port: u16,
+        policy: &[(&str, String)],
+        tls: Option<AgentTls>,
+    ) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("control.sock");
         let mut edge_toml = Toml::new().control(&socket, &dir.path().join("edge-state"));
@@ -215,6 +256,7 @@ impl Node {
             }
             Via::Poll => agent_toml.poll = Some(feed.http),
         }
+        agent_toml.tls = tls;
         let agent = AgentProcess::start(&agent_toml);
         Node {
             node_id: node_id.into(),

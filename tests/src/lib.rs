@@ -12,8 +12,8 @@
 //!   the edge, and helpers for raw bytes.
 //! - [`agent`]: edge-agent as a process, its config and metrics.
 //! - [`control`]: the edge's control API driven directly (pushes, status).
-//! - [`reference_feed`]: the control plane's event feed, in memory, on
-//!   gRPC and HTTP (docs/event-contract.md).
+//! - [`reference_feed`]: edge-feed's servers over an in-memory log the
+//!   test controls (restores, swapped logs, raw appends, transport faults).
 //! - [`postgres`]: a throw-away PostgreSQL cluster, run as `nobody`.
 //! - [`edge_feed`]: `edge-feed` as a process, and edge nodes following it.
 //! - [`site`]: the one-env, one-route fixture most tests start from.

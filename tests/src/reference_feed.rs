@@ -1,34 +1,40 @@
-//! The reference event feed: an in-memory control-plane log serving both
-//! transports of the event contract (docs/event-contract.md): gRPC
-//! `edge.v1.EventFeed` and HTTP polling, plus per-node applied cursors and
-//! a wait on them (read-your-writes). Tests drive it directly; platform
-//! teams can copy it; `event-feed` serves it from a JSON-lines file.
+//! The tests' event feed: edge-feed's protocol (`edge_feed::Feed` and its
+//! gRPC and HTTP servers) over an in-memory log the test controls. There is
+//! no second implementation of the protocol here: paging, `head`,
+//! `feed_id`, filtering, long polls and applied reports are edge-feed's
+//! code; this module is the log (an `edge_feed::Store`) and the faults.
 //!
-//! Open streams are woken by a `watch` channel on every append, so a new
-//! event reaches them at once, with no polling loop.
+//! Beyond what a real log does, what tests need to play a control plane
+//! going wrong: a settable `feed_id`, a log truncated as if restored from a
+//! backup, a log replaced by another, events appended exactly as given (out
+//! of order, beyond the head), a head that lies. Truncating, replacing or
+//! lying about the head moves the store's generation, so edge-feed drops its
+//! cached tail and ends open streams, as a restarted feed would.
 //!
-//! Beyond the contract, what tests need to play a control plane going
-//! wrong: a settable `feed_id`, a log truncated as if restored from a
-//! backup, a log replaced by another, events appended exactly as given
-//! (out of order, beyond the head), a head that lies, and mTLS serving
-//! that requires a client certificate ([`tls`]).
+//! Faults of the transport live in [`transport`], around edge-feed's
+//! servers: every request recorded, gRPC switched off, streams cut after k
+//! messages. [`tls`] gives the servers a certificate from a test CA.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
+use edge_feed::{AppendError, AppliedReport, Checkpoint, NewEvent, Store, StoreError};
 use route_model::{Event, EventBatch};
 use tokio::sync::watch;
 
-mod grpc;
-mod http;
 pub mod tls;
+mod transport;
 
-pub use grpc::{serve_grpc, serve_grpc_tls};
-pub use http::{serve_http, serve_http_tls};
+pub use edge_feed::Rejected as RejectedReport;
+pub use transport::{serve_grpc, serve_grpc_tls, serve_http, serve_http_tls, Server};
 
 /// Events per gRPC message or polling page when the client sets no limit.
 pub const PAGE: usize = 500;
+
+/// The `feed_id` of a new log.
+pub const DEFAULT_FEED_ID: &str = "test-log";
 
 /// Which transport a request came over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,42 +51,116 @@ pub struct Request {
     pub after: u64,
 }
 
-/// An object a node reported as rejected by its edge.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct RejectedReport {
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    pub reason: String,
-}
-
 #[derive(Debug, Default)]
 struct Log {
     events: Vec<Event>,
     seqs: HashMap<(String, String), u64>,
     requests: Vec<Request>,
-    applied: HashMap<String, u64>,
+    applied: HashMap<String, (u64, Instant)>,
     rejected: HashMap<String, Vec<RejectedReport>>,
     fail_streams_after: Option<usize>,
     grpc_unavailable: bool,
-    feed_id: Option<String>,
     /// A head to report instead of the newest event_id (fault injection).
     reported_head: Option<u64>,
-    /// Bumped when the log is truncated or replaced: open streams end, as
-    /// they would when a control plane is restored.
-    epoch: u64,
+    /// The greatest `event_id`, of any type and of the served types.
+    newest: u64,
+    newest_served: u64,
+    /// Whether `events` is in `event_id` order (raw appends may break it):
+    /// pages then find their start by bisection, not by a scan.
+    ordered: bool,
 }
 
 impl Log {
+    fn new() -> Log {
+        Log {
+            ordered: true,
+            ..Log::default()
+        }
+    }
+
     /// The greatest `event_id` (the last one, unless appended raw).
     fn newest(&self) -> u64 {
-        self.events.iter().map(|e| e.event_id).max().unwrap_or(0)
+        self.newest
+    }
+
+    /// Recomputes what `push` keeps up to date, after events were removed.
+    fn reindex(&mut self) {
+        let mut seqs = HashMap::new();
+        for e in &self.events {
+            let seq = seqs
+                .entry((e.aggregate_type.clone(), e.aggregate_id.clone()))
+                .or_insert(0);
+            *seq = e.aggregate_seq.max(*seq);
+        }
+        self.seqs = seqs;
+        self.newest = self.events.iter().map(|e| e.event_id).max().unwrap_or(0);
+        self.newest_served = self
+            .events
+            .iter()
+            .filter(|e| served(e))
+            .map(|e| e.event_id)
+            .max()
+            .unwrap_or(0);
+        self.ordered = self
+            .events
+            .windows(2)
+            .all(|w| w[0].event_id < w[1].event_id);
+    }
+
+    fn next_id(&self) -> u64 {
+        self.events.last().map_or(1, |e| e.event_id + 1)
+    }
+
+    fn push(&mut self, event: Event) -> u64 {
+        let seq = self
+            .seqs
+            .entry((event.aggregate_type.clone(), event.aggregate_id.clone()))
+            .or_insert(0);
+        *seq = (*seq).max(event.aggregate_seq);
+        let id = event.event_id;
+        self.ordered &= id > self.newest;
+        self.newest = self.newest.max(id);
+        if served(&event) {
+            self.newest_served = self.newest_served.max(id);
+        }
+        self.events.push(event);
+        id
+    }
+
+    fn new_event(&mut self, aggregate_type: &str, aggregate_id: &str, event: NewEvent) -> u64 {
+        let seq = self
+            .seqs
+            .get(&(aggregate_type.to_owned(), aggregate_id.to_owned()))
+            .copied()
+            .unwrap_or(0);
+        let event = Event {
+            event_id: self.next_id(),
+            occurred_at: edge_feed::memory::rfc3339(SystemTime::now()),
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: aggregate_id.into(),
+            aggregate_seq: seq + 1,
+            event_type: event.event_type,
+            payload: event.payload,
+        };
+        self.push(event)
     }
 }
 
-/// The in-memory log. Share it as `Arc<Feed>`.
+fn served(event: &Event) -> bool {
+    edge_feed::SERVED_TYPES.contains(&event.aggregate_type.as_str())
+}
+
+/// The in-memory log. Share it as `Arc<Feed>`; serve it with
+/// [`serve_grpc`], [`serve_http`] and their TLS forms.
 #[derive(Debug)]
 pub struct Feed {
     log: Mutex<Log>,
+    /// `Store::feed_id` lends a `&str`, and tests change the id while it
+    /// is served: each id set is leaked (a few bytes, a few times a test).
+    feed_id: Mutex<&'static str>,
+    generation: AtomicU64,
+    /// The newest event_id; every change to the log bumps it (edge-feed's
+    /// wake-ups).
     head: watch::Sender<u64>,
     applied: watch::Sender<()>,
 }
@@ -88,7 +168,9 @@ pub struct Feed {
 impl Feed {
     pub fn new() -> Arc<Feed> {
         Arc::new(Feed {
-            log: Mutex::new(Log::default()),
+            log: Mutex::new(Log::new()),
+            feed_id: Mutex::new(DEFAULT_FEED_ID),
+            generation: AtomicU64::new(0),
             head: watch::channel(0).0,
             applied: watch::channel(()).0,
         })
@@ -96,6 +178,19 @@ impl Feed {
 
     fn log(&self) -> MutexGuard<'_, Log> {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes edge-feed's readers with the log's newest event_id.
+    fn changed(&self, log: MutexGuard<'_, Log>) {
+        let newest = log.newest();
+        drop(log);
+        self.head.send_replace(newest);
+    }
+
+    /// The log was rewritten: edge-feed forgets what it read of it.
+    fn rewritten(&self, log: MutexGuard<'_, Log>) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.changed(log);
     }
 
     /// Appends an event with the next `event_id` and the next
@@ -108,43 +203,22 @@ impl Feed {
         payload: serde_json::Value,
     ) -> u64 {
         let mut log = self.log();
-        let event_id = log.events.last().map_or(1, |e| e.event_id + 1);
-        let seq = log
-            .seqs
-            .entry((aggregate_type.into(), aggregate_id.into()))
-            .or_insert(0);
-        *seq += 1;
-        let event = Event {
-            event_id,
-            occurred_at: rfc3339(SystemTime::now()),
-            aggregate_type: aggregate_type.into(),
-            aggregate_id: aggregate_id.into(),
-            aggregate_seq: *seq,
+        let event = NewEvent {
             event_type: event_type.into(),
             payload,
         };
-        self.push(log, event)
+        let id = log.new_event(aggregate_type, aggregate_id, event);
+        self.changed(log);
+        id
     }
 
     /// Appends `event` as given (tests use it to make an `aggregate_seq`
     /// gap). Its `event_id` is raised if needed to keep the log ordered.
     pub fn append_event(&self, mut event: Event) -> u64 {
-        let log = self.log();
-        let next = log.events.last().map_or(1, |e| e.event_id + 1);
-        event.event_id = event.event_id.max(next);
-        self.push(log, event)
-    }
-
-    fn push(&self, mut log: MutexGuard<'_, Log>, event: Event) -> u64 {
-        let id = event.event_id;
-        let seq = log
-            .seqs
-            .entry((event.aggregate_type.clone(), event.aggregate_id.clone()))
-            .or_insert(0);
-        *seq = (*seq).max(event.aggregate_seq);
-        log.events.push(event);
-        drop(log);
-        self.head.send_replace(id);
+        let mut log = self.log();
+        event.event_id = event.event_id.max(log.next_id());
+        let id = log.push(event);
+        self.changed(log);
         id
     }
 
@@ -152,20 +226,10 @@ impl Feed {
     /// of `event_id` order or beyond the head (fault injection).
     pub fn append_raw(&self, events: Vec<Event>) {
         let mut log = self.log();
-        let Some(last) = events.iter().map(|e| e.event_id).max() else {
-            return;
-        };
         for e in events {
-            let seq = log
-                .seqs
-                .entry((e.aggregate_type.clone(), e.aggregate_id.clone()))
-                .or_insert(0);
-            *seq = (*seq).max(e.aggregate_seq);
-            log.events.push(e);
+            log.push(e);
         }
-        let head = log.newest().max(last);
-        drop(log);
-        self.head.send_replace(head);
+        self.changed(log);
     }
 
     /// The newest `event_id` (0 when empty).
@@ -173,31 +237,45 @@ impl Feed {
         *self.head.borrow()
     }
 
-    /// Events after `after` (from the first one in log order with a
-    /// greater `event_id`), at most `limit`, with the head and `feed_id`.
+    /// Served events after `after` (from the first one in log order with a
+    /// greater `event_id`), at most `limit`, with the head and `feed_id`:
+    /// what edge-feed reads from this store.
     pub fn page(&self, after: u64, limit: usize) -> EventBatch {
         let log = self.log();
-        let start = log
-            .events
+        let start = if log.ordered {
+            log.events.partition_point(|e| e.event_id <= after)
+        } else {
+            log.events
+                .iter()
+                .position(|e| e.event_id > after)
+                .unwrap_or(log.events.len())
+        };
+        let events = log.events[start..]
             .iter()
-            .position(|e| e.event_id > after)
-            .unwrap_or(log.events.len());
-        let events = log.events[start..].iter().take(limit).cloned().collect();
+            .filter(|e| served(e))
+            .take(limit)
+            .cloned()
+            .collect();
         EventBatch {
-            head: log.reported_head.unwrap_or_else(|| log.newest()),
+            head: log.reported_head.unwrap_or(log.newest_served),
             events,
-            feed_id: log.feed_id.clone(),
+            feed_id: Some(Store::feed_id(self).to_owned()),
         }
     }
 
-    /// The identity of the log, sent with every batch (`None`: none).
+    /// The identity of the log, sent with every batch. `None` is the empty
+    /// id (gRPC cannot tell it from no id; HTTP sends `""`).
     pub fn set_feed_id(&self, feed_id: Option<&str>) {
-        self.log().feed_id = feed_id.map(str::to_owned);
+        let id: &'static str = Box::leak(feed_id.unwrap_or_default().to_owned().into_boxed_str());
+        *self.feed_id.lock().unwrap_or_else(|p| p.into_inner()) = id;
+        self.changed(self.log());
     }
 
     /// Reports `head` instead of the newest event_id (fault injection).
     pub fn set_reported_head(&self, head: Option<u64>) {
-        self.log().reported_head = head;
+        let mut log = self.log();
+        log.reported_head = head;
+        self.rewritten(log);
     }
 
     /// Keeps only the events up to `event_id`, as a log restored from a
@@ -205,29 +283,19 @@ impl Feed {
     pub fn truncate(&self, event_id: u64) {
         let mut log = self.log();
         log.events.retain(|e| e.event_id <= event_id);
-        let mut seqs = HashMap::new();
-        for e in &log.events {
-            seqs.insert(
-                (e.aggregate_type.clone(), e.aggregate_id.clone()),
-                e.aggregate_seq,
-            );
-        }
-        log.seqs = seqs;
-        log.epoch += 1;
-        let head = log.events.last().map_or(0, |e| e.event_id);
-        drop(log);
-        self.head.send_replace(head);
+        log.reindex();
+        self.rewritten(log);
     }
 
     /// Replaces the log by an empty one named `feed_id` (another control
     /// plane's log); open streams end.
     pub fn replace(&self, feed_id: Option<&str>) {
-        self.truncate(0);
-        self.set_feed_id(feed_id);
-    }
-
-    fn epoch(&self) -> u64 {
-        self.log().epoch
+        let mut log = self.log();
+        let id: &'static str = Box::leak(feed_id.unwrap_or_default().to_owned().into_boxed_str());
+        *self.feed_id.lock().unwrap_or_else(|p| p.into_inner()) = id;
+        log.events.clear();
+        log.reindex();
+        self.rewritten(log);
     }
 
     /// What `node_id` last reported as rejected (with its applied cursor).
@@ -237,10 +305,6 @@ impl Feed {
             .get(node_id)
             .cloned()
             .unwrap_or_default()
-    }
-
-    fn record_rejected(&self, node_id: &str, rejected: Vec<RejectedReport>) {
-        self.log().rejected.insert(node_id.into(), rejected);
     }
 
     /// Every subscription and poll so far, in order.
@@ -262,23 +326,39 @@ impl Feed {
         self.log().fail_streams_after = k;
     }
 
+    fn stream_limit(&self) -> Option<usize> {
+        self.log().fail_streams_after
+    }
+
     /// Fault injection: `Subscribe` fails at once with UNAVAILABLE.
     pub fn set_grpc_unavailable(&self, down: bool) {
         self.log().grpc_unavailable = down;
     }
 
-    /// A node reports the newest `event_id` its edge serves.
+    fn grpc_unavailable(&self) -> bool {
+        self.log().grpc_unavailable
+    }
+
+    /// Records that `node_id` applied `event_id` (as its report would).
     pub fn report_applied(&self, node_id: &str, event_id: u64) {
+        self.record_report(node_id, event_id, None);
+    }
+
+    fn record_report(&self, node_id: &str, event_id: u64, rejected: Option<Vec<RejectedReport>>) {
         let mut log = self.log();
         // The latest report, not the highest: after a restore from a
         // backup a node's cursor goes down with the log.
-        log.applied.insert(node_id.into(), event_id);
+        log.applied
+            .insert(node_id.into(), (event_id, Instant::now()));
+        if let Some(rejected) = rejected {
+            log.rejected.insert(node_id.into(), rejected);
+        }
         drop(log);
         self.applied.send_replace(());
     }
 
     pub fn applied(&self, node_id: &str) -> u64 {
-        self.log().applied.get(node_id).copied().unwrap_or(0)
+        self.log().applied.get(node_id).map_or(0, |(id, _)| *id)
     }
 
     /// Waits until every node in `nodes` has applied `event_id` (true), or
@@ -288,6 +368,7 @@ impl Feed {
         let reached = |feed: &Feed| nodes.iter().all(|n| feed.applied(n) >= event_id);
         let wait = async {
             loop {
+                rx.borrow_and_update();
                 if reached(self) {
                     return;
                 }
@@ -300,49 +381,105 @@ impl Feed {
     }
 }
 
-/// A running server, stopped when dropped.
-#[derive(Debug)]
-pub struct Server {
-    pub addr: std::net::SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
+#[tonic::async_trait]
+impl Store for Feed {
+    fn feed_id(&self) -> &str {
+        *self.feed_id.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
 
-/// `YYYY-MM-DDTHH:MM:SSZ` (UTC) without a date library.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    async fn page(&self, after: u64, limit: usize) -> Result<EventBatch, StoreError> {
+        Ok(Feed::page(self, after, limit))
+    }
+
+    async fn append(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        events: &[NewEvent],
+    ) -> Result<Vec<u64>, AppendError> {
+        if events.is_empty() {
+            return Err(AppendError::Empty {
+                aggregate_type: aggregate_type.into(),
+                aggregate_id: aggregate_id.into(),
+            });
+        }
+        let mut log = self.log();
+        let ids = events
+            .iter()
+            .map(|e| log.new_event(aggregate_type, aggregate_id, e.clone()))
+            .collect();
+        self.changed(log);
+        Ok(ids)
+    }
+
+    async fn report_applied(&self, report: &AppliedReport) -> Result<(), StoreError> {
+        self.record_report(
+            &report.node_id,
+            report.event_id,
+            Some(report.rejected.clone()),
+        );
+        Ok(())
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        let mut out: Vec<Checkpoint> = self
+            .log()
+            .applied
+            .iter()
+            .map(|(node, (id, at))| Checkpoint {
+                node_id: node.clone(),
+                event_id: *id,
+                age: at.elapsed(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(out)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn route(id: u64, aggregate_id: &str) -> Event {
+        Event {
+            event_id: id,
+            occurred_at: String::new(),
+            aggregate_type: "route".into(),
+            aggregate_id: aggregate_id.into(),
+            aggregate_seq: 1,
+            event_type: "route.created".into(),
+            payload: serde_json::json!({}),
+        }
+    }
+
     #[test]
-    fn rfc3339_formats_known_instants() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_341_600); // 2026-11-22T10:00:00Z
-        assert_eq!(rfc3339(t), "2026-11-22T10:00:00Z");
+    fn raw_events_are_paged_in_log_order_and_truncation_rewrites() {
+        let feed = Feed::new();
+        feed.append("route", "r-1", "route.created", serde_json::json!({}));
+        feed.append("billing", "b-1", "invoice.sent", serde_json::json!({}));
+        feed.append_raw(vec![route(5, "r-5"), route(4, "r-4")]);
+        let page = feed.page(1, 10);
+        let ids: Vec<u64> = page.events.iter().map(|e| e.event_id).collect();
+        assert_eq!(ids, [5, 4], "unserved types filtered, raw order kept");
+        assert_eq!(page.head, 5);
+        assert_eq!(page.feed_id.as_deref(), Some(DEFAULT_FEED_ID));
+        let before = Store::generation(&*feed);
+        feed.truncate(1);
+        assert_eq!(feed.page(0, 10).head, 1);
+        assert_ne!(Store::generation(&*feed), before);
+        assert_eq!(
+            feed.append("route", "r-1", "route.updated", serde_json::json!({})),
+            2
+        );
+        assert_eq!(feed.page(1, 10).events[0].aggregate_seq, 2);
     }
 }

@@ -1,4 +1,4 @@
-//! The whole loop on one machine: reference feed -> edge-agent -> edge ->
+//! The whole loop on one machine: feed (edge-feed) -> edge-agent -> edge ->
 //! a real TLS client. Each test builds its own feed, edge and agent.
 
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! mTLS to the control plane: the reference feed serves gRPC and polling
+//! mTLS to the control plane: the feed (edge-feed) serves gRPC and polling
 //! over TLS and requires a client certificate; the agent follows it with
 //! `[feed] tls = { ca, cert, key }`. A wrong CA or a missing client
 //! certificate is refused with the cause in the agent's log; a config

@@ -46,6 +46,14 @@ async fn edge_keeps_serving_after_its_stderr_closes() {
     let mut command = Command::new(edge_bin());
     command.arg("--config").arg(&config).env("EDGE_LOG", "info");
     let mut edge = spawn_then_close_stderr(command);
+    // Ready means the signal handlers are installed: a SIGHUP before them
+    // would end the process by its default action, not by a log write.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !matches!(get(toml.admin, "/readyz").await, Ok((200, _))) {
+        assert!(alive(&mut edge), "edge died before it was ready");
+        assert!(std::time::Instant::now() < deadline, "edge never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Each SIGHUP logs several lines into the closed pipe.
     for _ in 0..5 {

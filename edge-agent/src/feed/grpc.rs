@@ -13,7 +13,7 @@ use super::{FeedError, CONNECT_TIMEOUT};
 use crate::reconcile::Rejected;
 
 /// The largest decoded gRPC message accepted: 64 MiB. A batch of the
-/// reference feed's 500 events is well under 1 MiB; a feed that sends
+/// edge-feed's page of 500 events is well under 1 MiB; a feed that sends
 /// more in one message is cut off instead of growing the agent without
 /// bound (docs/event-contract.md).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;

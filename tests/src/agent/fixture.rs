@@ -1,4 +1,4 @@
-//! One edge node (edge + edge-agent) following a reference feed, for the
+//! One edge node (edge + edge-agent) following the tests' feed (edge-feed over an in-memory log), for the
 //! `agent_*` suites: the feed servers (plain or mTLS), the edge with a
 //! control socket, and the agent's config, started when the test says.
 

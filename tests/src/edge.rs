@@ -541,3 +541,47 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .sum()
 }
+
+impl Edge {
+    /// The PID of the successor this edge started on SIGUSR2 (an upgrade),
+    /// read from the log they share; waits up to [`PATIENCE`] for it.
+    pub async fn successor_pid(&self) -> u32 {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let log = self.log();
+            let found = log
+                .lines()
+                .filter(|l| l.contains("edge started"))
+                .filter_map(|l| {
+                    l.split("pid=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .find(|pid| *pid != self.pid());
+            if let Some(pid) = found {
+                return pid;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no successor in the log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Kills a process by PID when dropped: a successor that SIGUSR2 started,
+/// which is not this test's child.
+#[derive(Debug)]
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", &self.0.to_string()])
+            .status();
+    }
+}

@@ -3,7 +3,6 @@
 //! fenced), and a route created right after SIGUSR2 is served by the new
 //! edge process (the agent reconnects to the socket the successor owns).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use edge_tests::agent::fixture::{route_ids, Node, Serve};
@@ -11,7 +10,7 @@ use edge_tests::agent::{AgentProcess, AgentToml};
 use edge_tests::backend::{Backend, Mode};
 use edge_tests::ca::TestCa;
 use edge_tests::client::who_answers;
-use edge_tests::edge::{metric_value, Edge, Toml};
+use edge_tests::edge::{metric_value, Edge, KillOnDrop, Toml};
 use edge_tests::ports::free_port;
 use edge_tests::reference_feed::{serve_grpc, Feed};
 use serde_json::json;
@@ -169,8 +168,7 @@ async fn a_route_created_right_after_sigusr2_is_served_by_the_new_process() {
         "route.created",
         route("r-2", "two.example.com"),
     );
-    let successor = successor_pid(&edge).await;
-    let _kill = KillOnDrop(successor);
+    let _successor = KillOnDrop(edge.successor_pid().await);
     // The old process has no tunnels: it drains at once and exits, so
     // whoever answers from here on is the new process.
     assert!(
@@ -197,40 +195,4 @@ async fn a_route_created_right_after_sigusr2_is_served_by_the_new_process() {
         "served only after {took:?}:\n{}",
         edge.log()
     );
-}
-
-/// Kills a process by PID when dropped (the successor SIGUSR2 started).
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-s", "KILL", &self.0.to_string()])
-            .status();
-    }
-}
-
-/// The PID of the successor `edge` started, from the log they share.
-async fn successor_pid(edge: &Edge) -> u32 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let log = edge.log();
-        let found = log
-            .lines()
-            .filter(|l| l.contains("edge started"))
-            .filter_map(|l| {
-                l.split("pid=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .find(|pid| *pid != edge.pid());
-        if let Some(pid) = found {
-            return pid;
-        }
-        assert!(Instant::now() < deadline, "no successor in the log:\n{log}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

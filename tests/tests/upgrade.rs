@@ -5,13 +5,12 @@
 //! systemd unit's ExecReload sends): the process starts its own successor.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_tests::client::{read_line, tls_connect, who_answers};
-use edge_tests::edge::{Edge, Route, Toml};
+use edge_tests::edge::{Edge, KillOnDrop, Route, Toml};
 use edge_tests::site::{Shop, HOST};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -153,66 +152,12 @@ async fn sigusr2_starts_a_successor_that_takes_over() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (ok, failed) = load.stop().await;
     eprintln!("SIGUSR2 upgrade: {ok} connections succeeded, {failed} failed");
-    // The successor logs to the same file: find its PID to stop it.
-    let log = edge.log();
-    let successor: u32 = log
-        .lines()
-        .filter(|l| l.contains("edge started"))
-        .filter_map(|l| {
-            l.split("pid=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .find(|pid| *pid != edge.pid())
-        .unwrap_or_else(|| panic!("no successor in the log:\n{log}"));
+    let successor = KillOnDrop(edge.successor_pid().await);
     let served = who_answers(addr, HOST, ca).await;
-    let _ = Command::new("kill")
-        .args(["-s", "KILL", &successor.to_string()])
-        .status();
+    drop(successor);
     assert_eq!(failed, 0);
     assert!(ok > 10, "{ok}");
     assert_eq!(served.unwrap(), "web", "the successor serves");
-}
-
-/// Kills a process by PID when dropped (a successor started by SIGUSR2).
-struct KillOnDrop(Option<u32>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = Command::new("kill")
-                .args(["-s", "KILL", &pid.to_string()])
-                .status();
-        }
-    }
-}
-
-/// The PID of the successor `edge` started, from the shared log.
-async fn successor_pid(edge: &Edge) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = edge.log();
-        let found = log
-            .lines()
-            .filter(|l| l.contains("edge started"))
-            .filter_map(|l| {
-                l.split("pid=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .find(|pid| *pid != edge.pid());
-        if let Some(pid) = found {
-            return pid;
-        }
-        assert!(Instant::now() < deadline, "no successor in the log:\n{log}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,7 +255,7 @@ async fn after_sigusr2_the_old_process_refuses_control_calls_and_pushes_reach_th
         .expect("the old process answers before the upgrade");
 
     edge.signal("USR2");
-    let _successor = KillOnDrop(Some(successor_pid(&edge).await));
+    let _successor = KillOnDrop(edge.successor_pid().await);
     wait_for_log(&edge, "the new edge is ready").await;
     let handed_over = Instant::now();
 

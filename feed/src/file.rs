@@ -252,12 +252,7 @@ impl Store for FileStore {
         aggregate_id: &str,
         events: &[NewEvent],
     ) -> Result<Vec<u64>, AppendError> {
-        if events.is_empty() {
-            return Err(AppendError::Empty {
-                aggregate_type: aggregate_type.into(),
-                aggregate_id: aggregate_id.into(),
-            });
-        }
+        AppendError::require_events(aggregate_type, aggregate_id, events)?;
         Ok(self
             .append_locked(aggregate_type, aggregate_id, events)
             .map_err(StoreError::from)?)

@@ -235,12 +235,7 @@ impl Store for PgStore {
         aggregate_id: &str,
         events: &[NewEvent],
     ) -> Result<Vec<u64>, AppendError> {
-        if events.is_empty() {
-            return Err(AppendError::Empty {
-                aggregate_type: aggregate_type.into(),
-                aggregate_id: aggregate_id.into(),
-            });
-        }
+        AppendError::require_events(aggregate_type, aggregate_id, events)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| db_error(&e))?;
         tx.batch_execute(&format!("SET LOCAL lock_timeout = '{APPEND_LOCK_TIMEOUT}'"))

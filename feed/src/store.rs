@@ -5,7 +5,7 @@
 //! [`crate::SERVED_TYPES`]) with a `head` computed over the same types, so
 //! a consumer of the filtered stream can always reach the head it saw.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use route_model::EventBatch;
 use serde::{Deserialize, Serialize};
@@ -69,6 +69,42 @@ pub struct Checkpoint {
     pub node_id: String,
     pub event_id: u64,
     pub age: Duration,
+}
+
+impl Checkpoint {
+    /// The checkpoints of an in-memory `node -> (event_id, reported at)`
+    /// map, sorted by node (what the memory stores answer).
+    pub fn from_reports<'a>(
+        reports: impl IntoIterator<Item = (&'a String, &'a (u64, Instant))>,
+    ) -> Vec<Checkpoint> {
+        let mut out: Vec<Checkpoint> = reports
+            .into_iter()
+            .map(|(node, (event_id, at))| Checkpoint {
+                node_id: node.clone(),
+                event_id: *event_id,
+                age: at.elapsed(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        out
+    }
+}
+
+impl AppendError {
+    /// Every store refuses an append without events the same way.
+    pub fn require_events(
+        aggregate_type: &str,
+        aggregate_id: &str,
+        events: &[NewEvent],
+    ) -> Result<(), AppendError> {
+        if events.is_empty() {
+            return Err(AppendError::Empty {
+                aggregate_type: aggregate_type.into(),
+                aggregate_id: aggregate_id.into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// An event log the feed can serve.

@@ -401,12 +401,7 @@ impl Store for Feed {
         aggregate_id: &str,
         events: &[NewEvent],
     ) -> Result<Vec<u64>, AppendError> {
-        if events.is_empty() {
-            return Err(AppendError::Empty {
-                aggregate_type: aggregate_type.into(),
-                aggregate_id: aggregate_id.into(),
-            });
-        }
+        AppendError::require_events(aggregate_type, aggregate_id, events)?;
         let mut log = self.log();
         let ids = events
             .iter()
@@ -426,18 +421,7 @@ impl Store for Feed {
     }
 
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
-        let mut out: Vec<Checkpoint> = self
-            .log()
-            .applied
-            .iter()
-            .map(|(node, (id, at))| Checkpoint {
-                node_id: node.clone(),
-                event_id: *id,
-                age: at.elapsed(),
-            })
-            .collect();
-        out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        Ok(out)
+        Ok(Checkpoint::from_reports(&self.log().applied))
     }
 
     fn generation(&self) -> u64 {

@@ -3,15 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use daemon::exit::{START as EXIT_START, USAGE as EXIT_USAGE};
+use daemon::logging::LogFormat;
 use edge_agent::config::Config;
 use edge_agent::metrics::{self, Metrics};
 use edge_agent::store::Store;
 use edge_agent::sync::Agent;
 use edge_agent::watchdog::Watchdog;
-
-const EXIT_USAGE: u8 = 64;
-const EXIT_START: u8 = 70;
 
 #[derive(Parser)]
 #[command(
@@ -27,15 +26,12 @@ struct Cli {
     log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let cli: Cli = match daemon::exit::parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    daemon::logging::init("EDGE_AGENT_LOG", cli.log_format);
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -91,53 +87,14 @@ fn main() -> ExitCode {
             _ => 0,
         };
         tracing::info!(node_id = %config.node_id, cursor, metrics = %config.metrics_listen, "edge-agent started");
-        notify_ready();
+        // Ready once the state is loaded and /metrics is bound; the sync
+        // loop pets the watchdog ([`Watchdog`]).
+        daemon::notify::ready();
         let agent = Agent::new(config, metrics, store, start, Watchdog::from_env());
         tokio::select! {
             _ = agent.run() => {}
-            _ = shutdown() => tracing::info!("edge-agent stopping"),
+            _ = daemon::signals::shutdown() => tracing::info!("edge-agent stopping"),
         }
         ExitCode::SUCCESS
     })
-}
-
-async fn shutdown() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGE_AGENT_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        // A log line that cannot be written (stderr closed: a pipe whose
-        // reader left, a journald hiccup) is dropped. The default reports
-        // it with eprintln!, which panics on the same closed stderr.
-        .log_internal_errors(false);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-/// systemd `Type=notify`: ready once the state is loaded and /metrics is
-/// bound. The watchdog is the sync loop's ([`Watchdog`]).
-fn notify_ready() {
-    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
-        tracing::warn!(error = %e, "sd_notify READY failed");
-    }
 }

@@ -1,14 +1,11 @@
 //! The agent's Prometheus families, and its `/metrics` + `/healthz` server.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use daemon::http::{reply, PROMETHEUS_TEXT};
+use hyper::StatusCode;
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -202,30 +199,14 @@ impl Metrics {
 
 /// Serves `/metrics` and `/healthz` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let metrics = Arc::clone(&metrics);
-                    async move {
-                        let (status, body) = match req.uri().path() {
-                            "/metrics" => (StatusCode::OK, metrics.render()),
-                            "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
-                            _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
-                        };
-                        let mut response = Response::new(Full::new(Bytes::from(body)));
-                        *response.status_mut() = status;
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    daemon::http::serve(listener, move |req| match req.uri().path() {
+        "/metrics" => reply(StatusCode::OK, PROMETHEUS_TEXT, metrics.render()),
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
+    })
+    .await;
 }

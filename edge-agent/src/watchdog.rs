@@ -18,10 +18,9 @@ pub struct Watchdog {
 impl Watchdog {
     /// From the environment systemd sets (`WATCHDOG_USEC`, `WATCHDOG_PID`).
     pub fn from_env() -> Watchdog {
-        let mut usec = 0;
-        let period = (sd_notify::watchdog_enabled(false, &mut usec) && usec > 0)
-            .then(|| Duration::from_micros(usec / 2));
-        Watchdog { period }
+        Watchdog {
+            period: daemon::notify::watchdog_period(),
+        }
     }
 
     /// A watchdog that never notifies (tests, or no systemd).
@@ -36,7 +35,7 @@ impl Watchdog {
 
     pub fn pet(&self) {
         if self.period.is_some() {
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            daemon::notify::watchdog();
         }
     }
 

@@ -6,40 +6,23 @@
 //! 503 `{"reason": "never_synced" | "state_unreadable"}` while an edge with
 //! `[control]` waits for its first push (see `source`).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use daemon::http::{reply, Reply, PROMETHEUS_TEXT};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
 use route_model::{Listener, RouteTable};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::app::Shared;
+use crate::shared::Shared;
 
 /// Serves admin requests until the task is dropped.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(respond(&shared, &req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    daemon::http::serve(listener, move |req| respond(&shared, req)).await;
 }
 
-fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(shared: &Shared, req: &Request<Incoming>) -> Reply {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -48,11 +31,7 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         );
     }
     match req.uri().path() {
-        "/metrics" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            shared.metrics.render(),
-        ),
+        "/metrics" => reply(StatusCode::OK, PROMETHEUS_TEXT, shared.metrics.render()),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
             if let Some(reason) = shared.not_synced() {
@@ -79,7 +58,7 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 /// The contract's `/routes` document.
-pub fn routes_json(table: &RouteTable) -> serde_json::Value {
+pub(crate) fn routes_json(table: &RouteTable) -> serde_json::Value {
     let listeners: Vec<serde_json::Value> = table
         .listeners()
         .map(|(addr, listener)| {
@@ -106,12 +85,4 @@ pub fn routes_json(table: &RouteTable) -> serde_json::Value {
         })
         .collect();
     json!({ "version": table.version(), "listeners": listeners })
-}
-
-fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .body(Full::new(Bytes::from(body)))
-        .expect("static response parts are valid")
 }

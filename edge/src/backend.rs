@@ -28,18 +28,18 @@ use crate::reject::Reject;
 
 /// Instances tried for one client before giving up: enough to step over a
 /// dead instance or two without holding the client for many timeouts.
-pub const MAX_ATTEMPTS: usize = 3;
+pub(crate) const MAX_ATTEMPTS: usize = 3;
 
 /// A connected backend; dropping it releases its load slot.
 #[derive(Debug)]
-pub struct Backend {
+pub(crate) struct Backend {
     pub stream: TcpStream,
     pub addr: SocketAddrV6,
     _slot: LoadSlot,
 }
 
 /// Connects to a backend of `route`, trying another instance on failure.
-pub async fn connect(
+pub(crate) async fn connect(
     route: &TableRoute,
     overlay: &Overlay,
     connect_timeout: Duration,

@@ -11,25 +11,27 @@ use std::sync::Arc;
 use route_model::Decision;
 use tokio::net::TcpStream;
 
-use crate::app::Shared;
+use crate::admission::Permit;
 use crate::backend;
 use crate::forward::{self, ByteCounters};
-use crate::limits::Permit;
 use crate::peek;
 use crate::proxy_v2;
 use crate::reject::Reject;
+use crate::shared::Shared;
 
-/// Serves one accepted connection; `permit` is held until it ends.
-pub async fn serve(
+/// Serves one connection accepted on `local`, a TLS listener if `tls`;
+/// `permit` is held until it ends.
+pub(crate) async fn serve(
     shared: Arc<Shared>,
     mut client: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
+    tls: bool,
     permit: Permit,
 ) {
     let _active = ActiveGuard::new(&shared);
     let _permit = permit;
-    if let Err((reject, sni)) = route_and_forward(&shared, &mut client, peer, local).await {
+    if let Err((reject, sni)) = route_and_forward(&shared, &mut client, peer, local, tls).await {
         shared
             .rejects
             .record(&shared.metrics, reject, peer, local, sni.as_deref());
@@ -41,9 +43,10 @@ async fn route_and_forward(
     client: &mut TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
+    tls: bool,
 ) -> Result<(), (Reject, Option<Box<str>>)> {
     let limits = &shared.limits;
-    let peeked = if shared.live.load().table.needs_peek(&local) {
+    let peeked = if tls {
         let p = peek::client_hello(
             client,
             limits.max_client_hello_bytes,
@@ -65,22 +68,27 @@ async fn route_and_forward(
     let sni = sni_owned.as_deref();
     let fail = |r: Reject| (r, sni.map(Box::from));
 
-    // One snapshot for the lookup and the dial; released before the tunnel
-    // so a long tunnel does not pin an old table in memory.
+    // The one snapshot of the table this connection reads, taken after the
+    // peek (a stalled hello must not pin an old table), for the lookup and
+    // the dial; released before the tunnel so a long tunnel does not
+    // either.
     let live = shared.live.load_full();
     let route = match live.table.lookup(&local, sni) {
         Decision::Forward(route) => Arc::clone(route),
         Decision::Reject(reason) => return Err(fail(Reject::Route(reason))),
     };
     let withdrawn = shared.withdrawals.subscribe(&route.route.id);
-    let backend = backend::connect(
+    // Boxed: the dial's state (health selection, failover, the connect
+    // timeout) is the largest of the connection's, and would otherwise
+    // size the task for its whole life, idle tunnel or stalled hello.
+    let backend = Box::pin(backend::connect(
         &route,
         &live.overlay,
         limits.connect_timeout,
         &shared.health,
         &shared.metrics,
         hello.is_some() || route.route.proxy_protocol,
-    )
+    ))
     .await
     .map_err(fail)?;
     drop(live);

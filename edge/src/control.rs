@@ -27,16 +27,16 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
-use crate::source::state::{self, Fence};
-use crate::source::{PushError, Pushed, Source};
+use crate::table_source::saved::{self, Fence};
+use crate::table_source::{PushError, Pushed, Source};
 
 /// The largest control message accepted or sent: 256 MiB. A route table
 /// of a million routes is about 250 MB of JSON; anything larger is refused
 /// by the decoder before it is buffered whole.
-pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
 /// Binds the control socket with mode 0600.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
     let listener = bind_private(path)?;
     listener.set_nonblocking(true)?;
     UnixListener::from_std(listener)
@@ -44,7 +44,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 
 /// Binds a Unix socket that only this user can connect to: bound under a
 /// temporary name, chmodded to 0600, then renamed into place.
-pub fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+pub(crate) fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -61,7 +61,7 @@ pub fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixList
 /// Serves the control API until `stop` resolves (then open connections are
 /// told to go away, so a client reconnects to the socket path) or the task
 /// is dropped.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: UnixListener,
     source: Arc<Source>,
     stop: impl std::future::Future<Output = ()> + Send,
@@ -124,7 +124,7 @@ impl Control for ControlService {
             generation: request.generation,
             source_version: request.source_version,
         };
-        if !state::format_known(request.format) {
+        if !saved::format_known(request.format) {
             tracing::warn!(
                 format = request.format,
                 "control push refused: unknown format"
@@ -134,7 +134,7 @@ impl Control for ControlService {
                 Status::failed_precondition(format!(
                     "unknown format {}: this edge reads format {} (and 0, meaning 1)",
                     request.format,
-                    state::FORMAT
+                    saved::FORMAT
                 )),
             ));
         }

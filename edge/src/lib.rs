@@ -5,10 +5,14 @@
 //!
 //! # Layout
 //! - [`config`]: `edge.toml` into validated types (no sockets).
-//! - [`run`]: startup, signals, reload and drain.
-//! - [`app`]: shared state; applying a table (swap + listener diff).
-//! - [`listen`]: binding listeners and the accept loop.
-//! - [`limits`]: admission (`max_connections`, per-source limits).
+//! - [`lifecycle`]: startup, signals, reload, upgrade and drain.
+//! - [`table_source`]: where the table comes from (edge.toml, the saved
+//!   `routing.json`, pushes) and the push fence; [`control`] is its socket.
+//! - [`server`]: applying a table (compile off the runtime, listener diff,
+//!   atomic swap) and drain.
+//! - [`shared`]: the state connections read (a leaf module).
+//! - [`listen`]: the listener set and the accept loop.
+//! - [`admission`]: `max_connections` and per-source limits.
 //! - [`conn`]: the path of one connection.
 //! - [`peek`]: the I/O loop around the sans-IO `tls_peek` parser.
 //! - [`backend`]: choosing and dialling an instance, with failover.
@@ -20,26 +24,29 @@
 //! - [`admin`]: /metrics, /healthz, /readyz, /routes.
 //! - [`metrics`]: every Prometheus family, registered once.
 //! - [`check`]: `edge check`'s listener table.
-// One audited exception: `upgrade::owned` takes ownership of a descriptor
-// received with SCM_RIGHTS.
+// Two audited exceptions: `upgrade::owned` takes ownership of a descriptor
+// received with SCM_RIGHTS; `trim` calls glibc's `malloc_trim`.
 #![deny(unsafe_code)]
+// Internal items are `pub(crate)`: what is unused is reported as dead.
+#![warn(unreachable_pub)]
 
-pub mod admin;
-pub mod app;
-pub mod backend;
+mod admin;
+mod admission;
+mod backend;
 pub mod check;
 pub mod config;
-pub mod conn;
-pub mod control;
-pub mod forward;
-pub mod health;
-pub mod limits;
-pub mod listen;
-pub mod metrics;
-pub mod notify;
-pub mod peek;
+mod conn;
+mod control;
+mod forward;
+mod health;
+pub mod lifecycle;
+mod listen;
+mod metrics;
+mod peek;
 pub mod proxy_v2;
-pub mod reject;
-pub mod run;
-pub mod source;
-pub mod upgrade;
+mod reject;
+mod server;
+mod shared;
+mod table_source;
+mod trim;
+mod upgrade;

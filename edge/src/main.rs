@@ -3,16 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use daemon::exit::{DATAERR as EXIT_REJECTED, START as EXIT_START, USAGE as EXIT_USAGE};
+use daemon::logging::LogFormat;
 use edge::check;
 use edge::config::Config;
-
-/// Exit code for a bad command line or an unusable config (EX_USAGE).
-const EXIT_USAGE: u8 = 64;
-/// Exit code of `edge check` when some object was rejected (EX_DATAERR).
-const EXIT_REJECTED: u8 = 65;
-/// Exit code when the edge could not start (EX_SOFTWARE... or a busy port).
-const EXIT_START: u8 = 70;
 
 #[derive(Parser)]
 #[command(
@@ -42,27 +37,12 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match daemon::exit::parse_args() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            // --help and --version are not errors; a bad command line is
-            // EX_USAGE, as docs/operations.md says (clap's own code is 2).
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
-    init_logging(cli.log_format);
+    daemon::logging::init("EDGE_LOG", cli.log_format);
     let Some(path) = cli.config else {
         eprintln!("edge: --config <edge.toml> is required");
         return ExitCode::from(EXIT_USAGE);
@@ -96,7 +76,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_START);
                 }
             };
-            match runtime.block_on(edge::run::run(path, config)) {
+            match runtime.block_on(edge::lifecycle::run(path, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "edge cannot start");
@@ -121,25 +101,6 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         b
     };
     builder.enable_all().build()
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGE_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        // A log line that cannot be written (stderr closed: a pipe whose
-        // reader left, a journald hiccup) is dropped. The default reports
-        // it with eprintln!, which panics on the same closed stderr.
-        .log_internal_errors(false);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 /// Writes a report to stdout; a reader that went away (`edge check | head`)

@@ -46,7 +46,7 @@ const REJECT_REASONS: &[&str] = &[
 ];
 
 /// Outcomes of a control push (`edge_control_pushes_total`).
-pub const PUSH_OUTCOMES: &[&str] = &["ack", "nack", "refused", "invalid", "error"];
+pub(crate) const PUSH_OUTCOMES: &[&str] = &["ack", "nack", "refused", "invalid", "error"];
 
 /// A one-label counter family whose every label value is known up front
 /// and counted once per connection: the children are resolved at start (a
@@ -77,7 +77,7 @@ impl Resolved {
 
 /// The edge's metrics.
 #[derive(Debug, Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     pub accepted: IntCounter,
     pub active: IntGauge,
@@ -111,7 +111,7 @@ pub struct Metrics {
 /// a few thousand instances); an instance's series are removed when it
 /// leaves the table, so the count stays bounded by live instances.
 #[derive(Debug, Clone)]
-pub struct HealthFamilies {
+pub(crate) struct HealthFamilies {
     pub probes: IntCounterVec,
     pub probe_failures: IntCounterVec,
     pub ejections: IntCounterVec,
@@ -124,7 +124,7 @@ pub struct HealthFamilies {
 
 impl HealthFamilies {
     /// Drops the series of an instance that left the table.
-    pub fn remove_instance(&self, instance: &str) {
+    pub(crate) fn remove_instance(&self, instance: &str) {
         for f in [
             &self.probes,
             &self.probe_failures,
@@ -137,7 +137,7 @@ impl HealthFamilies {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let registry = Registry::new();
         macro_rules! reg {
             ($m:expr) => {{
@@ -326,19 +326,19 @@ impl Metrics {
         }
     }
 
-    pub fn rejected(&self, reason: &str) {
+    pub(crate) fn rejected(&self, reason: &str) {
         self.rejected.inc(reason);
     }
 
-    pub fn alpn(&self, label: &str) {
+    pub(crate) fn alpn(&self, label: &str) {
         self.alpn.inc(label);
     }
 
-    pub fn reload(&self, result: &str) {
+    pub(crate) fn reload(&self, result: &str) {
         self.reloads.inc(result);
     }
 
-    pub fn accept_error(&self, kind: &str) {
+    pub(crate) fn accept_error(&self, kind: &str) {
         self.accept_errors.inc(kind);
     }
 
@@ -346,7 +346,7 @@ impl Metrics {
     /// table did not have (same object, same reason): a bad object pushed
     /// again and again counts once, while `edge_routes_rejected` shows it
     /// is still there.
-    pub fn routes_rejected_new(&self, old: &[SpecError], new: &[SpecError]) {
+    pub(crate) fn routes_rejected_new(&self, old: &[SpecError], new: &[SpecError]) {
         fn key(e: &SpecError) -> ((&'static str, &str), &'static str) {
             (e.object(), e.kind())
         }
@@ -358,17 +358,17 @@ impl Metrics {
         }
     }
 
-    pub fn tunnel_closed(&self, cause: &str) {
+    pub(crate) fn tunnel_closed(&self, cause: &str) {
         self.tunnels_closed.inc(cause);
     }
 
     /// One control push, by outcome (one of [`PUSH_OUTCOMES`]).
-    pub fn control_push(&self, outcome: &str) {
+    pub(crate) fn control_push(&self, outcome: &str) {
         self.control_pushes.inc(outcome);
     }
 
     /// The Prometheus text exposition of every family.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = Vec::with_capacity(8 * 1024);
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

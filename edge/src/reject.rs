@@ -21,7 +21,7 @@ const LOG_BURST: u32 = 100;
 
 /// Why a connection was closed without forwarding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reject {
+pub(crate) enum Reject {
     /// Bytes that are not an acceptable ClientHello.
     Hello(tls_peek::Reason),
     /// No complete ClientHello within `client_hello_timeout_ms`.
@@ -42,7 +42,7 @@ pub enum Reject {
 
 impl Reject {
     /// The stable metric label.
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Reject::Hello(r) => r.as_str(),
             Reject::HelloTimeout => "hello_timeout",
@@ -58,7 +58,7 @@ impl Reject {
 
 /// Counts rejections and logs them under a rate limit.
 #[derive(Debug)]
-pub struct RejectLog {
+pub(crate) struct RejectLog {
     bucket: Mutex<Bucket>,
 }
 
@@ -70,7 +70,7 @@ struct Bucket {
 }
 
 impl RejectLog {
-    pub fn new() -> RejectLog {
+    pub(crate) fn new() -> RejectLog {
         RejectLog {
             bucket: Mutex::new(Bucket {
                 tokens: LOG_BURST,
@@ -81,7 +81,7 @@ impl RejectLog {
     }
 
     /// Counts `reject` and logs one line for it unless rate-limited.
-    pub fn record(
+    pub(crate) fn record(
         &self,
         metrics: &Metrics,
         reject: Reject,

@@ -59,7 +59,7 @@ fn is_zero(v: &u64) -> bool {
 
 /// Listening sockets received from the previous process.
 #[derive(Debug)]
-pub struct Handoff {
+pub(crate) struct Handoff {
     pub listeners: HashMap<SocketAddr, TcpListener>,
     pub admin: Option<TcpListener>,
     /// The table version the previous process served: this one continues
@@ -70,14 +70,14 @@ pub struct Handoff {
 
 impl Handoff {
     /// Tells the previous process to stop accepting and drain.
-    pub fn ready(mut self) -> std::io::Result<()> {
+    pub(crate) fn ready(mut self) -> std::io::Result<()> {
         self.stream.write_all(b"ready\n")
     }
 }
 
 /// New process: takes the listeners of the process serving `path`, or
 /// `None` if no edge is running there.
-pub fn take_over(path: &Path) -> std::io::Result<Option<Handoff>> {
+pub(crate) fn take_over(path: &Path) -> std::io::Result<Option<Handoff>> {
     let stream = match UnixStream::connect(path) {
         Ok(s) => s,
         Err(e)
@@ -151,12 +151,12 @@ fn owned(fd: RawFd) -> TcpListener {
 }
 
 /// Old process: binds `path` (0600) for the next upgrade.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
     crate::control::bind_private(path)
 }
 
 /// What the old process hands over, and how it freezes its own changes.
-pub trait Handover {
+pub(crate) trait Handover {
     /// Duplicates of the listening sockets, by wire name.
     fn sockets(&self) -> std::io::Result<Vec<(String, TcpListener)>>;
     /// A handoff begins: stop taking table changes; the live version.
@@ -167,7 +167,7 @@ pub trait Handover {
 
 /// Old process: serves one handoff at a time until a new process reports
 /// ready. Blocking: run it on a blocking thread.
-pub fn serve(listener: UnixListener, handover: &impl Handover) {
+pub(crate) fn serve(listener: UnixListener, handover: &impl Handover) {
     loop {
         let Ok((mut stream, _)) = listener.accept() else {
             std::thread::sleep(Duration::from_millis(100));
@@ -237,14 +237,14 @@ fn send_all(stream: &mut UnixStream, bytes: &[u8], fds: &[RawFd]) -> std::io::Re
 }
 
 /// `admin` as the wire name of the admin listener.
-pub fn admin_name() -> String {
+pub(crate) fn admin_name() -> String {
     ADMIN.to_owned()
 }
 
 /// SIGUSR2: starts the binary at the path this process was started from
 /// (a package upgrade has replaced it) with the same arguments; it takes
 /// the listeners over through the upgrade socket, and this process drains.
-pub fn spawn_successor() {
+pub(crate) fn spawn_successor() {
     let mut args = std::env::args_os();
     let Some(program) = args.next() else {
         tracing::error!("upgrade: no argv[0]; cannot start a successor");

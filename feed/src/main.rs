@@ -15,17 +15,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use daemon::logging::LogFormat;
 use edge_feed::file::FileStore;
 use edge_feed::pg::{PgOptions, PgStore};
 use edge_feed::tls::TlsFiles;
 use edge_feed::{AppendError, Feed, FeedOptions, NewEvent, Store};
 
-/// Bad usage or configuration.
-const EXIT_USAGE: u8 = 64;
-/// The store or a listener failed.
-const EXIT_UNAVAILABLE: u8 = 69;
-/// A concurrent writer appended to the aggregate first.
-const EXIT_CONFLICT: u8 = 75;
+// Bad usage or configuration.
+use daemon::exit::USAGE as EXIT_USAGE;
+// The store or a listener failed.
+use daemon::exit::UNAVAILABLE as EXIT_UNAVAILABLE;
+// A concurrent writer appended to the aggregate first.
+use daemon::exit::TEMPFAIL as EXIT_CONFLICT;
 
 #[derive(Parser)]
 #[command(version, about = "The control plane's event feed for edge-agents")]
@@ -186,33 +187,16 @@ async fn serve(s: Serve) -> Result<(), (u8, String)> {
     tracing::info!(http = %running.http, grpc = ?running.grpc, %feed_id, tls = tls.is_some(), "serving");
     tokio::select! {
         _ = running.wait() => Err((EXIT_UNAVAILABLE, "a listener stopped".into())),
-        _ = shutdown() => Ok(()),
-    }
-}
-
-async fn shutdown() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = daemon::signals::shutdown() => Ok(()),
     }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EDGE_FEED_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let cli: Cli = match daemon::exit::parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    daemon::logging::init("EDGE_FEED_LOG", LogFormat::Text);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

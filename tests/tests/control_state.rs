@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use edge_tests::control::{route_ids, routing, Control, Push};
-use edge_tests::edge::{Edge, Toml};
+use edge_tests::edge::{Edge, Route, Toml};
 use edge_tests::ports::free_port;
 use edge_tests::PATIENCE;
 
@@ -170,4 +170,48 @@ async fn the_table_version_keeps_growing_across_a_restart() {
     let table = routing(&[("r-a", "a.example.com", port)], 9);
     let next = control.push(&Push::new(table, 1, 4)).await.unwrap();
     assert!(next.table_version > after);
+}
+
+/// The edge keeps no copy of a pushed table's spec, only `routing.json`:
+/// SIGHUP reads the table back from it and re-applies it under the new
+/// edge.toml (saved again with its new version), and the file's own routes
+/// never replace it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reapplies_the_pushed_table_read_back_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let edge = Edge::spawn(&edge_toml(dir.path(), port), &[]);
+    let control = Control::new(&dir.path().join("control.sock"));
+    control.wait_up().await;
+    let table = routing(&[("r-a", "a.example.com", port)], 9);
+    let pushed = control
+        .push(&Push::new(table, 1, 1))
+        .await
+        .unwrap()
+        .table_version;
+
+    let with_file_routes = edge_toml(dir.path(), port)
+        .env("acme/file/prod", &["::1"], None, &[])
+        .instance("i-file", "acme/file/prod", "web", "::1")
+        .route(Route::tls(
+            "r-file",
+            "acme/file/prod",
+            "file.example.com",
+            port,
+            9,
+        ));
+    edge.reload(&with_file_routes).await;
+
+    let (_, routes) = edge.get("/routes").await;
+    assert_eq!(route_ids(&routes), vec!["r-a".to_owned()], "{routes}");
+    let version = edge.version().await;
+    assert!(
+        version > pushed,
+        "version {version} after SIGHUP, {pushed} pushed"
+    );
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state/routing.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["table_version"], version);
+    assert_eq!(saved["routing"]["routes"][0]["id"], "r-a", "{saved}");
 }

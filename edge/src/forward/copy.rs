@@ -15,32 +15,37 @@
 
 use std::io;
 
-use super::{send_all, write_all, Direction};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
 /// Bytes moved per read: one TLS record plus headroom, so a full record
 /// moves in one read/write pair. Held only while bytes are in flight.
-pub const BUFFER_BYTES: usize = 16 * 1024 + 512;
+pub(crate) const BUFFER_BYTES: usize = 16 * 1024 + 512;
 
 /// What one chunk did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Chunk {
-    /// Bytes moved; `full` if the read filled the buffer (more is likely
-    /// waiting: a bulk transfer).
-    Moved { full: bool },
+    /// `n` bytes moved; `full` if the read filled the buffer (more is
+    /// likely waiting: a bulk transfer).
+    Moved { n: usize, full: bool },
     /// The socket had nothing after all (a spurious wake-up).
     Nothing,
     /// `from` sent EOF; nothing was pending.
     Eof,
-    /// Bytes were queued with `MSG_MORE` and `from` sent EOF: the caller
-    /// must half-close `to` now, which sends them with the FIN.
-    LastQueued,
+    /// `n` bytes were queued with `MSG_MORE` and `from` sent EOF: the
+    /// caller must half-close `to` now, which sends them with the FIN.
+    LastQueued { n: usize },
 }
 
-/// Moves what `from` has now (the caller saw it readable, read-closed if
-/// `read_closed`).
-pub(crate) async fn chunk(dir: &Direction<'_>, read_closed: bool) -> io::Result<Chunk> {
+/// Moves what `from` has now to `to` (the caller saw `from` readable,
+/// read-closed if `read_closed`) and says what it moved.
+pub(crate) async fn chunk(
+    from: &TcpStream,
+    to: &TcpStream,
+    read_closed: bool,
+) -> io::Result<Chunk> {
     let mut buf = pool::take();
-    let mut n = match dir.from.try_read(&mut buf) {
+    let mut n = match from.try_read(&mut buf) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
             pool::give(buf);
@@ -54,26 +59,46 @@ pub(crate) async fn chunk(dir: &Direction<'_>, read_closed: bool) -> io::Result<
     }
     if read_closed && n < buf.len() {
         // The read the next round would make, made now: 0 confirms EOF.
-        match dir.from.try_read(&mut buf[n..]) {
+        match from.try_read(&mut buf[n..]) {
             Ok(0) => {
                 // Queued, not sent, until the half-close.
-                let queued = send_all(dir.to, &buf[..n], libc::MSG_MORE).await;
+                let queued = send_all(to, &buf[..n], libc::MSG_MORE).await;
                 pool::give(buf);
                 queued?;
-                dir.moved(n);
-                return Ok(Chunk::LastQueued);
+                return Ok(Chunk::LastQueued { n });
             }
             Ok(more) => n += more,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
     }
-    let written = write_all(dir.to, &buf[..n]).await;
+    let written = write_all(to, &buf[..n]).await;
     let full = n == buf.len();
     pool::give(buf);
     written?;
-    dir.moved(n);
-    Ok(Chunk::Moved { full })
+    Ok(Chunk::Moved { n, full })
+}
+
+/// Writes all of `bytes` to `to`, waiting for room as needed.
+pub(crate) async fn write_all(to: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+    send_all(to, bytes, 0).await
+}
+
+/// `send(2)`s all of `bytes` with `flags` (and `MSG_NOSIGNAL`), waiting
+/// for room as needed.
+async fn send_all(to: &TcpStream, mut bytes: &[u8], flags: i32) -> io::Result<()> {
+    let sock = socket2::SockRef::from(to);
+    while !bytes.is_empty() {
+        let sent = to.try_io(Interest::WRITABLE, || {
+            sock.send_with_flags(bytes, flags | libc::MSG_NOSIGNAL)
+        });
+        match sent {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Copy buffers, pooled per worker thread. A task may take a buffer on one
@@ -90,12 +115,12 @@ mod pool {
         static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
     }
 
-    pub fn take() -> Box<[u8]> {
+    pub(super) fn take() -> Box<[u8]> {
         FREE.with(|f| f.borrow_mut().pop())
             .unwrap_or_else(|| vec![0u8; BUFFER_BYTES].into_boxed_slice())
     }
 
-    pub fn give(buf: Box<[u8]>) {
+    pub(super) fn give(buf: Box<[u8]>) {
         FREE.with(|f| {
             let mut f = f.borrow_mut();
             if f.len() < KEEP {

@@ -21,9 +21,12 @@
 //! ends when both directions have ended, when one side fails (reset), when
 //! neither side has sent a byte for `idle_timeout`, or when the tunnel's
 //! route is withdrawn.
+//!
+//! The two ways only move bytes and say how many; [`Direction`] alone
+//! counts them, notes activity and passes EOF on.
 
-pub mod copy;
-pub mod splice;
+pub(crate) mod copy;
+pub(crate) mod splice;
 
 use std::io;
 use std::net::Shutdown;
@@ -35,7 +38,9 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+pub(crate) use copy::write_all;
 use copy::Chunk;
+use splice::{Pump, Step};
 
 /// How established tunnels move bytes (`[forwarding]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +54,7 @@ pub enum Mode {
 
 /// How a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
+pub(crate) enum Ended {
     /// Both sides closed their write side.
     Done,
     /// A read or write failed (usually a reset).
@@ -61,7 +66,7 @@ pub enum Ended {
 }
 
 impl Ended {
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Ended::Done => "done",
             Ended::Error => "error",
@@ -73,7 +78,7 @@ impl Ended {
 
 /// Counters the tunnel adds its bytes to.
 #[derive(Debug, Clone)]
-pub struct ByteCounters {
+pub(crate) struct ByteCounters {
     pub to_backend: IntCounter,
     pub to_client: IntCounter,
     /// Both directions' bytes that went through a pipe.
@@ -82,7 +87,7 @@ pub struct ByteCounters {
 
 /// Runs the tunnel until it ends. `withdrawn` resolves when the route is
 /// gone for good.
-pub async fn tunnel(
+pub(crate) async fn tunnel(
     client: &TcpStream,
     backend: &TcpStream,
     mode: Mode,
@@ -133,90 +138,87 @@ impl TunnelState {
 }
 
 /// One direction of a tunnel: `from`'s bytes go to `to`.
-pub(crate) struct Direction<'a> {
-    pub(crate) from: &'a TcpStream,
-    pub(crate) to: &'a TcpStream,
+struct Direction<'a> {
+    from: &'a TcpStream,
+    to: &'a TcpStream,
     counter: &'a IntCounter,
     spliced: &'a IntCounter,
     state: &'a TunnelState,
 }
 
 impl Direction<'_> {
-    /// Copies until EOF or, in splice mode, until a read fills the buffer
-    /// and splicing takes over.
+    /// Moves bytes until `from` sends EOF: copies at first and, in splice
+    /// mode, splices for good once a read fills the copy buffer.
+    ///
+    /// Each chunk's future is boxed: it lives only while bytes move, so an
+    /// idle tunnel's task is sized by the wait for readiness, not by the
+    /// largest chunk state (one small allocation per chunk against the
+    /// two system calls each costs anyway).
     async fn run(&self, mode: Mode) -> io::Result<()> {
+        let mut pump: Option<Pump<'_>> = None;
         loop {
-            let ready = self.from.ready(Interest::READABLE).await?;
-            let chunk = copy::chunk(self, ready.is_read_closed()).await?;
-            if self.ended_after(chunk) {
-                return Ok(());
-            }
-            if chunk == (Chunk::Moved { full: true }) && mode == Mode::Splice {
-                return splice::pump(self).await;
+            let chunk = match pump.as_mut() {
+                Some(pump) => match Box::pin(pump.step()).await? {
+                    Step::Moved(n) => {
+                        self.moved(n, true);
+                        continue;
+                    }
+                    Step::Dry => continue,
+                    Step::Eof => {
+                        self.finish(false);
+                        return Ok(());
+                    }
+                    Step::NoPipe { read_closed } => {
+                        Box::pin(copy::chunk(self.from, self.to, read_closed)).await?
+                    }
+                },
+                None => {
+                    let ready = self.from.ready(Interest::READABLE).await?;
+                    Box::pin(copy::chunk(self.from, self.to, ready.is_read_closed())).await?
+                }
+            };
+            match chunk {
+                Chunk::Moved { n, full } => {
+                    self.moved(n, false);
+                    if full && mode == Mode::Splice && pump.is_none() {
+                        pump = Some(Pump::new(self.from, self.to));
+                    }
+                }
+                Chunk::Nothing => {}
+                Chunk::Eof => {
+                    self.finish(false);
+                    return Ok(());
+                }
+                Chunk::LastQueued { n } => {
+                    self.moved(n, false);
+                    self.finish(true);
+                    return Ok(());
+                }
             }
         }
     }
 
-    /// Passes EOF on if `chunk` met it; `true` once the direction is over.
-    pub(crate) fn ended_after(&self, chunk: Chunk) -> bool {
-        match chunk {
-            Chunk::Moved { .. } | Chunk::Nothing => false,
-            Chunk::Eof => {
-                self.finish(false);
-                true
-            }
-            Chunk::LastQueued => {
-                self.finish(true);
-                true
-            }
-        }
-    }
-
-    /// Bytes moved: count them and note the activity.
-    pub(crate) fn moved(&self, n: usize) {
+    /// `n` bytes moved (through a pipe if `spliced`): count them and note
+    /// the activity.
+    fn moved(&self, n: usize, spliced: bool) {
         self.counter.inc_by(n as u64);
+        if spliced {
+            self.spliced.inc_by(n as u64);
+        }
         self.state.activity.touch();
-    }
-
-    /// Bytes moved through a pipe.
-    pub(crate) fn spliced(&self, n: usize) {
-        self.spliced.inc_by(n as u64);
-        self.moved(n);
     }
 
     /// `from` sent EOF: pass it on as a half-close. The direction that
     /// finishes second skips it (unless bytes are queued behind `MSG_MORE`,
     /// `flush`): both sockets are closed right after, and `close(2)` sends
     /// the same FIN without a system call of its own.
-    pub(crate) fn finish(&self, flush: bool) {
+    fn finish(&self, flush: bool) {
         if self.state.one_done.swap(true, Ordering::AcqRel) && !flush {
             return;
         }
         // The peer may already be gone, which is fine.
         let _ = socket2::SockRef::from(self.to).shutdown(Shutdown::Write);
     }
-}
-
-/// Writes all of `bytes` to `to`, waiting for room as needed.
-pub(crate) async fn write_all(to: &TcpStream, bytes: &[u8]) -> io::Result<()> {
-    send_all(to, bytes, 0).await
-}
-
-/// `send(2)`s all of `bytes` with `flags` (and `MSG_NOSIGNAL`), waiting
-/// for room as needed.
-pub(crate) async fn send_all(to: &TcpStream, mut bytes: &[u8], flags: i32) -> io::Result<()> {
-    let sock = socket2::SockRef::from(to);
-    while !bytes.is_empty() {
-        let sent = to.try_io(Interest::WRITABLE, || {
-            sock.send_with_flags(bytes, flags | libc::MSG_NOSIGNAL)
-        });
-        match sent {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// When bytes last moved, as milliseconds since the tunnel started (an

@@ -11,8 +11,8 @@
 //! idle tunnel holds no pipe and no descriptors beyond its two sockets. A
 //! pipe that still holds bytes when its tunnel fails is closed, never
 //! pooled. When no pipe can be had (more than [`MAX_PIPES`] alive, or
-//! descriptors or pipe memory exhausted) the chunk is copied through user
-//! space instead ([`super::copy`]).
+//! descriptors or pipe memory exhausted) [`Pump::step`] says so and the
+//! caller copies that chunk through user space instead.
 //!
 //! Memory: a pipe pins the pages it holds, outside the kernel's TCP memory
 //! accounting, so the pipes alive at once are capped: at most
@@ -25,9 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
-
-use super::copy;
-use super::Direction;
+use tokio::net::TcpStream;
 
 /// Bytes one pipe holds: `fs.pipe-max-size`'s default, the most an
 /// unprivileged process may ask for. Against the default 64 KiB it cuts
@@ -38,79 +36,132 @@ use super::Direction;
 const PIPE_BYTES: usize = 1024 * 1024;
 
 /// Pipes alive at once (pooled ones included), process-wide.
-pub const MAX_PIPES: usize = 1024;
+pub(crate) const MAX_PIPES: usize = 1024;
 
 static LIVE_PIPES: AtomicUsize = AtomicUsize::new(0);
 
 const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 
-/// Splices until `from` sends EOF, then half-closes `to`.
-pub(crate) async fn pump(dir: &Direction<'_>) -> io::Result<()> {
-    loop {
-        let ready = dir.from.ready(Interest::READABLE).await?;
-        let ended = match pool::take() {
-            Ok(pipe) => {
-                let ended = !chunk(dir, pipe).await?;
-                if ended {
-                    dir.finish(false);
-                }
-                ended
-            }
-            Err(_) => dir.ended_after(copy::chunk(dir, ready.is_read_closed()).await?),
-        };
-        if ended {
-            return Ok(());
-        }
-    }
+/// What one [`Pump::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// `n` bytes went from the pipe into `to`.
+    Moved(usize),
+    /// `from` has nothing for now and the pipe is empty (back in the pool).
+    Dry,
+    /// `from` sent EOF and the pipe is empty: nothing more will move.
+    Eof,
+    /// `from` has bytes but no pipe can be had: the caller copies this
+    /// chunk instead (`from` is read-closed if `read_closed`).
+    NoPipe { read_closed: bool },
 }
 
-/// Moves bytes through `pipe` until `from` has nothing more for now and
-/// the pipe is empty again (`Ok(true)`), or `from` sent EOF and the pipe is
-/// empty (`Ok(false)`). Reading and writing overlap: while `to` has no
-/// room, `from` keeps filling the pipe, so one slow side does not stall
-/// the other for a whole round trip.
-async fn chunk(dir: &Direction<'_>, pipe: Pipe) -> io::Result<bool> {
-    let mut held = 0usize;
-    let mut eof = false;
-    let mut dry = false;
-    loop {
-        if !eof && !dry && held < PIPE_BYTES {
-            let read = dir.from.try_io(Interest::READABLE, || {
-                splice(dir.from, None, &pipe.write, None, PIPE_BYTES - held, FLAGS)
-                    .map_err(io::Error::from)
-            });
-            match read {
-                Ok(0) => eof = true,
-                Ok(n) => held += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dry = true,
-                // Bytes still in the pipe are lost with the tunnel: the
-                // pipe is closed here, never pooled.
-                Err(e) => return Err(e),
-            }
+/// One direction's splicing, `from` into `to`: the pipe it holds while
+/// bytes sit in it, and how far the stream has got.
+#[derive(Debug)]
+pub(crate) struct Pump<'a> {
+    from: &'a TcpStream,
+    to: &'a TcpStream,
+    pipe: Option<Pipe>,
+    /// Bytes in the pipe not yet taken by `to`.
+    held: usize,
+    /// `from` sent EOF.
+    eof: bool,
+    /// `from` had nothing at the last read.
+    dry: bool,
+}
+
+impl<'a> Pump<'a> {
+    pub(crate) fn new(from: &'a TcpStream, to: &'a TcpStream) -> Pump<'a> {
+        Pump {
+            from,
+            to,
+            pipe: None,
+            held: 0,
+            eof: false,
+            dry: false,
         }
-        if held > 0 {
-            let wrote = dir.to.try_io(Interest::WRITABLE, || {
-                splice(&pipe.read, None, dir.to, None, held, FLAGS).map_err(io::Error::from)
-            });
-            match wrote {
-                Ok(m) => {
-                    held -= m;
-                    dir.spliced(m);
+    }
+
+    /// Waits until bytes can move and moves them; returns at every write
+    /// into `to`, so the caller counts bytes as they go. Reading and
+    /// writing overlap: while `to` has no room, `from` keeps filling the
+    /// pipe, so one slow side does not stall the other for a round trip.
+    pub(crate) async fn step(&mut self) -> io::Result<Step> {
+        if self.eof && self.pipe.is_none() {
+            return Ok(Step::Eof);
+        }
+        let pipe = match self.pipe.take() {
+            Some(pipe) => pipe,
+            None => {
+                // Idle: take a pipe only once there is something to move.
+                let ready = self.from.ready(Interest::READABLE).await?;
+                match pool::take() {
+                    Ok(pipe) => {
+                        self.dry = false;
+                        pipe
+                    }
+                    Err(_) => {
+                        return Ok(Step::NoPipe {
+                            read_closed: ready.is_read_closed(),
+                        })
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
             }
-        }
-        if held == 0 && (eof || dry) {
+        };
+        // An error drops the pipe with the pump: bytes still in it are lost
+        // with the tunnel, and it is closed, never pooled.
+        let step = self.move_through(&pipe).await?;
+        if self.held == 0 && (self.eof || self.dry) {
             pool::give(pipe);
-            return Ok(!eof);
+        } else {
+            self.pipe = Some(pipe);
         }
-        let can_read = !eof && held < PIPE_BYTES;
-        tokio::select! {
-            r = dir.to.writable(), if held > 0 => r?,
-            r = dir.from.readable(), if can_read => {
-                r?;
-                dry = false;
+        Ok(step)
+    }
+
+    async fn move_through(&mut self, pipe: &Pipe) -> io::Result<Step> {
+        let (from, to) = (self.from, self.to);
+        loop {
+            if !self.eof && !self.dry && self.held < PIPE_BYTES {
+                let read = from.try_io(Interest::READABLE, || {
+                    splice(from, None, &pipe.write, None, PIPE_BYTES - self.held, FLAGS)
+                        .map_err(io::Error::from)
+                });
+                match read {
+                    Ok(0) => self.eof = true,
+                    Ok(n) => self.held += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.dry = true,
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.held > 0 {
+                let wrote = to.try_io(Interest::WRITABLE, || {
+                    splice(&pipe.read, None, to, None, self.held, FLAGS).map_err(io::Error::from)
+                });
+                match wrote {
+                    Ok(m) if m > 0 => {
+                        self.held -= m;
+                        return Ok(Step::Moved(m));
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.held == 0 && self.eof {
+                return Ok(Step::Eof);
+            }
+            if self.held == 0 && self.dry {
+                return Ok(Step::Dry);
+            }
+            let can_read = !self.eof && self.held < PIPE_BYTES;
+            tokio::select! {
+                r = to.writable(), if self.held > 0 => r?,
+                r = from.readable(), if can_read => {
+                    r?;
+                    self.dry = false;
+                }
             }
         }
     }
@@ -156,13 +207,13 @@ mod pool {
     use super::Pipe;
 
     /// Empty pipes kept per thread (two descriptors each).
-    pub const KEEP: usize = 16;
+    pub(super) const KEEP: usize = 16;
 
     thread_local! {
         static FREE: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
     }
 
-    pub fn take() -> io::Result<Pipe> {
+    pub(super) fn take() -> io::Result<Pipe> {
         match FREE.with(|f| f.borrow_mut().pop()) {
             Some(p) => Ok(p),
             None => Pipe::new(),
@@ -170,7 +221,7 @@ mod pool {
     }
 
     /// Returns an empty pipe to the pool.
-    pub fn give(pipe: Pipe) {
+    pub(super) fn give(pipe: Pipe) {
         FREE.with(|f| {
             let mut f = f.borrow_mut();
             if f.len() < KEEP {

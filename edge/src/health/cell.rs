@@ -52,7 +52,7 @@ impl Counters {
 
 /// The passive signal of an instance at a moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Passive {
+pub(crate) enum Passive {
     /// Not ejected.
     Serving,
     /// Ejected until `until_ms`.
@@ -63,7 +63,7 @@ pub enum Passive {
 
 /// One instance, by overlay address.
 #[derive(Debug)]
-pub struct InstanceCell {
+pub(crate) struct InstanceCell {
     pub id: Arc<str>,
     pub addr: Ipv6Addr,
     /// Open tunnels from this edge, for the two-choices pick.
@@ -112,17 +112,17 @@ impl InstanceCell {
         InstanceCell::new(Arc::from(""), addr, None)
     }
 
-    pub fn open(&self) -> u32 {
+    pub(crate) fn open(&self) -> u32 {
         self.open.load(Ordering::Relaxed)
     }
 
     /// Counts a tunnel to this instance until the slot is dropped.
-    pub fn slot(self: &Arc<Self>) -> LoadSlot {
+    pub(crate) fn slot(self: &Arc<Self>) -> LoadSlot {
         self.open.fetch_add(1, Ordering::Relaxed);
         LoadSlot(Arc::clone(self))
     }
 
-    pub fn passive(&self, now_ms: u64) -> Passive {
+    pub(crate) fn passive(&self, now_ms: u64) -> Passive {
         match self.until_ms.load(Ordering::Acquire) {
             0 => Passive::Serving,
             until_ms if now_ms < until_ms => Passive::Ejected { until_ms },
@@ -131,7 +131,7 @@ impl InstanceCell {
     }
 
     /// Claims the one trial connect of an instance whose ejection is over.
-    pub fn claim_trial(&self, now_ms: u64) -> bool {
+    pub(crate) fn claim_trial(&self, now_ms: u64) -> bool {
         let claimed = self.trial_ms.load(Ordering::Acquire);
         if claimed != 0 && now_ms.saturating_sub(claimed) < TRIAL_STALE_MS {
             return false;
@@ -144,7 +144,7 @@ impl InstanceCell {
     /// Records a client connect to this instance. A success ends an
     /// ejection; `eject_after` consecutive failures, or a failed trial,
     /// eject it for a backoff that doubles each time.
-    pub fn report(&self, ok: bool, now_ms: u64, config: &HealthConfig) {
+    pub(crate) fn report(&self, ok: bool, now_ms: u64, config: &HealthConfig) {
         if ok {
             if self.failures.load(Ordering::Relaxed) == 0
                 && self.until_ms.load(Ordering::Relaxed) == 0
@@ -189,7 +189,7 @@ impl InstanceCell {
 
 /// Holds one open-tunnel count of an instance.
 #[derive(Debug)]
-pub struct LoadSlot(Arc<InstanceCell>);
+pub(crate) struct LoadSlot(Arc<InstanceCell>);
 
 impl Drop for LoadSlot {
     fn drop(&mut self) {
@@ -199,7 +199,7 @@ impl Drop for LoadSlot {
 
 /// One probed `[instance addr]:health port`.
 #[derive(Debug)]
-pub struct ProbeCell {
+pub(crate) struct ProbeCell {
     pub target: SocketAddrV6,
     pub instance: Arc<InstanceCell>,
     up: AtomicBool,
@@ -219,11 +219,11 @@ impl ProbeCell {
         }
     }
 
-    pub fn up(&self) -> bool {
+    pub(crate) fn up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
 
-    pub fn last_error(&self) -> Option<String> {
+    pub(crate) fn last_error(&self) -> Option<String> {
         self.last_error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -232,7 +232,7 @@ impl ProbeCell {
 
     /// Records one probe's result (`Err` = why it failed), logging one
     /// line when the verdict flips.
-    pub fn record(&self, result: Result<(), String>, config: &HealthConfig) {
+    pub(crate) fn record(&self, result: Result<(), String>, config: &HealthConfig) {
         let counters = &self.instance.counters;
         counters.probes.inc();
         let ok = result.is_ok();

@@ -27,12 +27,12 @@
 //! - [`prober`]: the probe scheduler (jitter, rate cap) and the probe dial.
 //! - [`view`]: backend states for `/routes`.
 
-pub mod cell;
-pub mod config;
-pub mod prober;
-pub mod select;
-pub mod state;
-pub mod view;
+pub(crate) mod cell;
+pub(crate) mod config;
+pub(crate) mod prober;
+pub(crate) mod select;
+pub(crate) mod state;
+pub(crate) mod view;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv6Addr, SocketAddrV6};
@@ -44,16 +44,15 @@ use arc_swap::ArcSwap;
 use route_model::RouteTable;
 use tokio::sync::Notify;
 
-pub use cell::{InstanceCell, LoadSlot, Passive, ProbeCell};
-pub use config::HealthConfig;
-pub use select::Pick;
+pub(crate) use cell::{InstanceCell, LoadSlot, ProbeCell};
+pub(crate) use config::HealthConfig;
 
 use crate::config::Overlay;
 use crate::metrics::Metrics;
 
 /// The cells of one table: read by connections, replaced on table swaps.
 #[derive(Debug, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub overlay: Overlay,
     /// Every instance of the table, by overlay address.
     pub cells: HashMap<Ipv6Addr, Arc<InstanceCell>>,
@@ -65,7 +64,7 @@ pub struct Snapshot {
 
 /// The edge's health state, shared by connections, the prober and /routes.
 #[derive(Debug)]
-pub struct Health {
+pub(crate) struct Health {
     pub config: HealthConfig,
     metrics: Metrics,
     snapshot: ArcSwap<Snapshot>,
@@ -79,7 +78,7 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn new(config: HealthConfig, metrics: &Metrics) -> Arc<Health> {
+    pub(crate) fn new(config: HealthConfig, metrics: &Metrics) -> Arc<Health> {
         Arc::new(Health {
             config,
             metrics: metrics.clone(),
@@ -92,11 +91,11 @@ impl Health {
     }
 
     /// Milliseconds on the health clock.
-    pub fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         cell::millis(self.epoch.elapsed())
     }
 
-    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+    pub(crate) fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.snapshot.load()
     }
 
@@ -104,7 +103,7 @@ impl Health {
     /// the state of every instance and probe target that still exists, and
     /// removing the series of the instances that are gone. Starts the
     /// prober on first use (needs a Tokio runtime).
-    pub fn update(self: &Arc<Self>, table: &RouteTable, overlay: &Overlay) {
+    pub(crate) fn update(self: &Arc<Self>, table: &RouteTable, overlay: &Overlay) {
         let old = self.snapshot.load_full();
         let mut cells: HashMap<Ipv6Addr, Arc<InstanceCell>> =
             HashMap::with_capacity(table.instances().len());
@@ -172,7 +171,7 @@ impl Health {
     }
 
     /// Feeds one client connect's outcome to the instance's passive signal.
-    pub fn report(&self, cell: &InstanceCell, ok: bool) {
+    pub(crate) fn report(&self, cell: &InstanceCell, ok: bool) {
         cell.report(ok, self.now_ms(), &self.config);
     }
 

@@ -26,7 +26,7 @@ const IDLE: Duration = Duration::from_secs(1);
 const JITTER: f64 = 0.1;
 
 /// Runs the probes of `health`'s current snapshot, forever.
-pub async fn run(health: Arc<Health>) {
+pub(crate) async fn run(health: Arc<Health>) {
     let config = health.config;
     let mut schedule = Schedule::default();
     let mut bucket = Bucket::new(config.max_probes_per_second, Instant::now());

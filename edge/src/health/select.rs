@@ -16,7 +16,7 @@ use super::{Health, Snapshot};
 /// probe port, resolved to their cells once per snapshot, so a connection
 /// does one hash lookup for its route instead of two per backend.
 #[derive(Debug)]
-pub struct Group {
+pub(crate) struct Group {
     /// The table's list, kept alive: its address is the group's key, and
     /// must not be reused by another list while this snapshot exists.
     _list: Arc<[Ipv6Addr]>,
@@ -74,7 +74,7 @@ impl Group {
 
 /// The outcome for one connection: whom to dial, in order.
 #[derive(Debug)]
-pub struct Pick {
+pub(crate) struct Pick {
     group: Arc<Group>,
     /// A recovering instance this connection tests first, if any.
     trial: Option<usize>,
@@ -85,12 +85,12 @@ pub struct Pick {
 }
 
 impl Pick {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.trial.is_none() && self.candidates.is_empty()
     }
 
     /// Instances left to dial.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.candidates.len() + usize::from(self.trial.is_some())
     }
 
@@ -127,7 +127,7 @@ impl Iterator for Pick {
 
 /// Why an instance of a route is or is not used, for /routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Serving,
     PlatformUnhealthy,
     ProbeDown,
@@ -137,7 +137,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Verdict::Serving => "serving",
             Verdict::PlatformUnhealthy => "platform_unhealthy",
@@ -150,7 +150,7 @@ impl Verdict {
 
 impl Health {
     /// The backends `route` may use now.
-    pub fn pick(&self, route: &TableRoute) -> Pick {
+    pub(crate) fn pick(&self, route: &TableRoute) -> Pick {
         let snap = self.snapshot();
         let now = self.now_ms();
         let group = match snap.groups.get(&group_key(route)) {
@@ -194,7 +194,7 @@ impl Health {
 
     /// What the edge thinks of instance `ip` of `route` (`platform`: the
     /// platform says healthy), for display.
-    pub fn verdict(
+    pub(crate) fn verdict(
         &self,
         snap: &Snapshot,
         route: &TableRoute,

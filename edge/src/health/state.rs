@@ -9,7 +9,7 @@ use std::time::Duration;
 /// Starts up: the platform already says the instance is healthy, and a
 /// new table must not take every backend out until probes have run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Checker {
+pub(crate) struct Checker {
     up: bool,
     /// Consecutive results against the current verdict.
     streak: u32,
@@ -25,12 +25,13 @@ impl Default for Checker {
 }
 
 impl Checker {
-    pub fn up(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn up(&self) -> bool {
         self.up
     }
 
     /// Records one probe result; `Some(new verdict)` when it flips.
-    pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+    pub(crate) fn record(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
         if ok == self.up {
             self.streak = 0;
             return None;
@@ -49,7 +50,7 @@ impl Checker {
 /// How long the `nth` consecutive ejection (1-based) of an instance lasts:
 /// `base`, doubling with each ejection that follows a failed trial, capped
 /// at `max`.
-pub fn ejection(nth: u32, base: Duration, max: Duration) -> Duration {
+pub(crate) fn ejection(nth: u32, base: Duration, max: Duration) -> Duration {
     let doublings = nth.saturating_sub(1).min(31);
     base.checked_mul(1u32 << doublings).unwrap_or(max).min(max)
 }

@@ -13,7 +13,7 @@ use super::{Health, Snapshot};
 
 /// Adds the health fields to every route of a `/routes` document built
 /// from `table`.
-pub fn annotate(body: &mut Value, table: &RouteTable, health: &Health) {
+pub(crate) fn annotate(body: &mut Value, table: &RouteTable, health: &Health) {
     let snap = health.snapshot();
     let by_id: HashMap<&str, &TableRoute> = table
         .routes()

@@ -1,20 +1,17 @@
-//! systemd integration (`Type=notify`): `READY=1` once every listener of
-//! the first table is bound (with `MAINPID`, so a process started by an
-//! upgrade becomes the service's main process), and `WATCHDOG=1` at half
-//! of `WatchdogSec` when the unit sets one. Outside systemd these do
-//! nothing.
+//! systemd integration (`Type=notify`): `READY=1` (with `MAINPID`, so a
+//! process started by an edge upgrade becomes the service's main
+//! process), and `WATCHDOG=1` at half of `WatchdogSec` when the unit sets
+//! one. Outside systemd these do nothing.
 //!
-//! The watchdog is petted by the run loop itself (`run`'s select loop, on a
-//! tick of [`watchdog_period`]), the loop that also handles signals and
-//! reloads: a process whose runtime is wedged (a task that never yields on
-//! a one-core edge) stops petting and systemd restarts it. An independent
-//! timer task would keep petting a process that serves nothing.
+//! Each service pets the watchdog from its own main loop (the edge's
+//! signal loop, the agent's sync loop), never from an independent timer
+//! task, which would keep petting a process whose work is wedged.
 
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-/// Tells systemd the edge is ready.
+/// Tells systemd the service is ready.
 pub fn ready() {
     let pid = std::process::id();
     if let Err(e) = sd_notify::notify(false, &[NotifyState::MainPid(pid), NotifyState::Ready]) {
@@ -22,7 +19,7 @@ pub fn ready() {
     }
 }
 
-/// How often the run loop must call [`watchdog`]: half of `WatchdogSec`,
+/// How often the main loop must call [`watchdog`]: half of `WatchdogSec`,
 /// or `None` when the unit sets no watchdog for this process.
 pub fn watchdog_period() -> Option<Duration> {
     watchdog_usec().map(|usec| Duration::from_micros(usec / 2))

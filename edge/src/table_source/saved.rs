@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 /// The format of routing.json and of `PushRequest.routing_json` that this
 /// edge writes and reads. 0 (a field left unset by an older agent, or a
 /// file written before formats existed) is read as 1.
-pub const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 1;
 
 /// True when this edge can read data of `format`.
-pub fn format_known(format: u32) -> bool {
+pub(crate) fn format_known(format: u32) -> bool {
     format <= FORMAT
 }
 
@@ -28,7 +28,7 @@ pub fn format_known(format: u32) -> bool {
 /// log, the agent's push generation (a new one at every resynchronisation)
 /// and its cursor.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fence {
+pub(crate) struct Fence {
     #[serde(default)]
     pub feed_id: String,
     #[serde(default)]
@@ -44,7 +44,7 @@ pub struct Fence {
     pushed.generation, pushed.source_version, pushed.feed_id,
     live.generation, live.source_version, live.feed_id
 )]
-pub struct Stale {
+pub(crate) struct Stale {
     pub pushed: Fence,
     pub live: Fence,
 }
@@ -55,7 +55,7 @@ impl Fence {
     /// log restored from a backup is the truth); an older one never; within
     /// one generation the cursor must not go back (equal is an idempotent
     /// re-push).
-    pub fn admit(&self, pushed: &Fence) -> Result<(), Stale> {
+    pub(crate) fn admit(&self, pushed: &Fence) -> Result<(), Stale> {
         let stale = pushed.generation < self.generation
             || (pushed.generation == self.generation
                 && pushed.source_version < self.source_version);
@@ -72,7 +72,7 @@ impl Fence {
 
 /// A table pushed by edge-agent, as kept in memory and on disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Saved {
+pub(crate) struct Saved {
     #[serde(default)]
     pub format: u32,
     #[serde(flatten)]
@@ -92,18 +92,23 @@ mod shared_spec {
     use route_model::RoutingSpec;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(spec: &Arc<RoutingSpec>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        spec: &Arc<RoutingSpec>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         spec.as_ref().serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<RoutingSpec>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Arc<RoutingSpec>, D::Error> {
         RoutingSpec::deserialize(d).map(Arc::new)
     }
 }
 
 /// What was found in routing.json.
 #[derive(Debug)]
-pub enum Decoded {
+pub(crate) enum Decoded {
     Usable(Saved),
     /// The bytes are not a saved table this edge can read.
     Unreadable(String),
@@ -119,7 +124,7 @@ struct Header {
 }
 
 /// Decodes routing.json.
-pub fn decode(bytes: &[u8]) -> Decoded {
+pub(crate) fn decode(bytes: &[u8]) -> Decoded {
     match serde_json::from_slice::<Header>(bytes) {
         Ok(h) if !format_known(h.format) => return Decoded::NewerFormat(h.format),
         Ok(_) => {}
@@ -132,7 +137,7 @@ pub fn decode(bytes: &[u8]) -> Decoded {
 }
 
 /// Encodes a saved table as format [`FORMAT`].
-pub fn encode(saved: &Saved) -> Vec<u8> {
+pub(crate) fn encode(saved: &Saved) -> Vec<u8> {
     let mut saved = saved.clone();
     saved.format = FORMAT;
     serde_json::to_vec(&saved).expect("a saved table always serialises")

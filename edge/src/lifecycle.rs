@@ -17,12 +17,12 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin;
-use crate::app::App;
 use crate::config::{Config, Limits};
 use crate::control;
-use crate::notify;
-use crate::source::Source;
+use crate::server::Server;
+use crate::table_source::Source;
 use crate::upgrade;
+use daemon::notify;
 
 /// File descriptors kept back from connections: listeners, the admin
 /// server, logs, the control socket and headroom for accept bursts.
@@ -57,6 +57,9 @@ pub enum StartError {
 /// Runs until SIGTERM/SIGINT (or an upgrade handoff) and the drain that
 /// follows.
 pub async fn run(path: PathBuf, mut config: Config) -> Result<(), StartError> {
+    // The routes go to the table source, which keeps no copy once they
+    // are compiled; the rest of the config stays here.
+    let routing = std::mem::take(&mut config.routing);
     // As written, for telling a reload what changed; `config` is capped.
     let configured = config.clone();
     fit_to_fd_limit(&mut config.limits);
@@ -95,7 +98,7 @@ pub async fn run(path: PathBuf, mut config: Config) -> Result<(), StartError> {
         None => None,
     };
 
-    let app = App::new(&config);
+    let app = Server::new(&config);
     if let Some(h) = &handoff {
         tracing::info!(
             listeners = h.listeners.len(),
@@ -107,7 +110,13 @@ pub async fn run(path: PathBuf, mut config: Config) -> Result<(), StartError> {
         app.continue_from(h.table_version);
         h
     });
-    let source = Arc::new(Source::new(Arc::clone(&app), config.clone()));
+    let source = Arc::new(Source::new(
+        Arc::clone(&app),
+        Config {
+            routing,
+            ..config.clone()
+        },
+    ));
     source.apply_current().await;
     app.close_unadopted();
     let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -234,7 +243,7 @@ impl upgrade::Handover for Handover {
     }
 }
 
-async fn reload(app: &Arc<App>, source: &Source, path: &Path, running: &Config) {
+async fn reload(app: &Arc<Server>, source: &Source, path: &Path, running: &Config) {
     match Config::load(path) {
         Ok(new) => {
             if new.limits != running.limits

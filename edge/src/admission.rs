@@ -18,14 +18,14 @@ const SHARDS: usize = 16;
 
 /// The unit a per-source limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SourceKey {
+pub(crate) enum SourceKey {
     V4(u32),
     /// The upper 64 bits of the address.
     V6Prefix64(u64),
 }
 
 impl SourceKey {
-    pub fn of(ip: IpAddr) -> SourceKey {
+    pub(crate) fn of(ip: IpAddr) -> SourceKey {
         match ip {
             IpAddr::V4(v4) => SourceKey::V4(u32::from(v4)),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -46,14 +46,14 @@ impl SourceKey {
 
 /// Which limit refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     MaxConnections,
     PerSource,
 }
 
 /// The admission state shared by every accept loop.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     max_connections: usize,
     per_source: usize,
     open: AtomicUsize,
@@ -62,13 +62,13 @@ pub struct Admission {
 
 /// One admitted connection; dropping it frees its slots.
 #[derive(Debug)]
-pub struct Permit {
+pub(crate) struct Permit {
     admission: Arc<Admission>,
     key: SourceKey,
 }
 
 impl Admission {
-    pub fn new(max_connections: usize, per_source: usize) -> Arc<Admission> {
+    pub(crate) fn new(max_connections: usize, per_source: usize) -> Arc<Admission> {
         Arc::new(Admission {
             max_connections,
             per_source,
@@ -78,7 +78,7 @@ impl Admission {
     }
 
     /// Admits a connection from `peer`, or says which limit refuses it.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Permit, Refused> {
+    pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Permit, Refused> {
         let key = SourceKey::of(peer);
         if self
             .open
@@ -106,12 +106,13 @@ impl Admission {
         })
     }
 
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 
+    #[cfg(test)]
     /// Distinct sources with an open connection (bounded by `open()`).
-    pub fn sources(&self) -> usize {
+    pub(crate) fn sources(&self) -> usize {
         self.sources.iter().map(|s| lock(s).len()).sum()
     }
 }

@@ -24,3 +24,4 @@ pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
 }
 
 pub mod load;
+pub mod memory;

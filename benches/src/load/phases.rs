@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::procfs::{rss_kib, Cpu};
+use super::procfs::Cpu;
 use super::proxies::Proxy;
 use super::{bulk_hello, CURL_HELLO};
 use crate::percentile;
@@ -61,7 +61,7 @@ async fn measured<T>(proxy: &Proxy, f: impl std::future::Future<Output = T>) -> 
     )
 }
 
-/// (a), (b), (e): short connections, each replaying a real ClientHello to
+/// (a), (b), (d): short connections, each replaying a real ClientHello to
 /// a backend that answers 3 bytes and closes.
 #[derive(Debug, Clone)]
 pub struct Connections {
@@ -123,8 +123,8 @@ pub async fn connections(proxy: &Proxy, run: Duration) -> Connections {
 }
 
 /// (c): GB/s through `tunnels` concurrent tunnels to the sink, each
-/// writing 256 KiB at a time for `run`.
-pub async fn bulk(proxy: &Proxy, tunnels: usize, run: Duration) -> (f64, Load) {
+/// writing 256 KiB at a time for `run`, and the proxy's CPU meanwhile.
+pub async fn bulk(proxy: &Proxy, tunnels: usize, run: Duration) -> Bulk {
     let moved = Arc::new(AtomicU64::new(0));
     let until = Instant::now() + run;
     let work = async {
@@ -146,24 +146,19 @@ pub async fn bulk(proxy: &Proxy, tunnels: usize, run: Duration) -> (f64, Load) {
         }
     };
     let ((), load) = measured(proxy, work).await;
-    (moved.load(Ordering::Relaxed) as f64 / load.secs / 1e9, load)
+    let gb = moved.load(Ordering::Relaxed) as f64 / 1e9;
+    Bulk {
+        gbps: gb / load.secs,
+        cpu_s_per_gb: load.proxy.total() / gb,
+        load,
+    }
 }
 
-/// (d): KiB of proxy RSS per idle established tunnel, `tunnels` of them.
-pub async fn idle_rss(proxy: &Proxy, tunnels: usize) -> f64 {
-    let pid = proxy.pid().expect("a proxy process");
-    let before = rss_kib(pid);
-    let hello = bulk_hello();
-    let mut held = Vec::with_capacity(tunnels);
-    for _ in 0..tunnels {
-        let mut s = TcpStream::connect(proxy.addr).await.expect("connect idle");
-        s.write_all(&hello).await.expect("hello");
-        held.push(s);
-    }
-    // Let the proxy dial every backend and settle.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(pid);
-    drop(held);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    after.saturating_sub(before) as f64 / tunnels as f64
+/// What a bulk measurement moved and what it cost the proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct Bulk {
+    pub gbps: f64,
+    /// Proxy CPU seconds (user + sys) per GB moved (0 with no proxy).
+    pub cpu_s_per_gb: f64,
+    pub load: Load,
 }

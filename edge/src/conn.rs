@@ -5,6 +5,7 @@
 //! Every failure before forwarding closes the client without a byte and is
 //! recorded once (counter + rate-limited log line) by [`crate::reject`].
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -13,38 +14,89 @@ use tokio::net::TcpStream;
 
 use crate::admission::Permit;
 use crate::backend;
-use crate::forward::{self, ByteCounters};
+use crate::backend::Backend;
+use crate::forward;
 use crate::peek;
 use crate::proxy_v2;
 use crate::reject::Reject;
-use crate::shared::Shared;
+use crate::shared::{Shared, Withdrawal};
 
 /// Serves one connection accepted on `local`, a TLS listener if `tls`;
 /// `permit` is held until it ends.
-pub(crate) async fn serve(
+///
+/// Two phases, sized apart: everything up to the first write to the backend
+/// (peek, lookup, dial, with their buffers and timers) runs in a boxed
+/// future freed once the tunnel is established, so the task a tunnel
+/// lives in for hours holds only the tunnel's own state.
+///
+/// A plain function returning an `async move` block, not an `async fn`:
+/// an `async fn` moves its arguments into locals, so the task would hold
+/// each of them twice for its whole life.
+pub(crate) fn serve(
     shared: Arc<Shared>,
     mut client: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     tls: bool,
     permit: Permit,
-) {
-    let _active = ActiveGuard::new(&shared);
-    let _permit = permit;
-    if let Err((reject, sni)) = route_and_forward(&shared, &mut client, peer, local, tls).await {
-        shared
-            .rejects
-            .record(&shared.metrics, reject, peer, local, sni.as_deref());
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let _active = ActiveGuard::new(&shared);
+        // One slot for the outcome: the rejection is recorded inside.
+        if let Some(mut tunnel) = Box::pin(establish(&shared, &mut client, peer, local, tls)).await
+        {
+            let ended = forward::tunnel(
+                &client,
+                &tunnel.backend.stream,
+                shared.forwarding,
+                shared.limits.idle_timeout,
+                &shared.metrics.bytes,
+                &mut tunnel.withdrawn,
+            )
+            .await;
+            shared.metrics.tunnel_closed(ended.as_str());
+            tracing::debug!(route = %tunnel.route, %peer, ended = ended.as_str(), "tunnel closed");
+        }
+        // Released with the connection's sockets.
+        drop((client, permit));
     }
 }
 
-async fn route_and_forward(
+/// An established tunnel's backend side: what the forwarding phase needs.
+struct Established {
+    backend: Backend,
+    withdrawn: Withdrawal,
+    route: Arc<str>,
+}
+
+/// Peek, lookup, dial and first write; `None` when the connection ends
+/// here: rejected (recorded once: counter and log line), or the backend
+/// went away during the first write (a tunnel that ended in error).
+async fn establish(
     shared: &Shared,
     client: &mut TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     tls: bool,
-) -> Result<(), (Reject, Option<Box<str>>)> {
+) -> Option<Established> {
+    match dial(shared, client, peer, local, tls).await {
+        Ok(established) => established,
+        Err((reject, sni)) => {
+            shared
+                .rejects
+                .record(&shared.metrics, reject, peer, local, sni.as_deref());
+            None
+        }
+    }
+}
+
+async fn dial(
+    shared: &Shared,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: bool,
+) -> Result<Option<Established>, (Reject, Option<Box<str>>)> {
     let limits = &shared.limits;
     let peeked = if tls {
         let p = peek::client_hello(
@@ -78,17 +130,14 @@ async fn route_and_forward(
         Decision::Reject(reason) => return Err(fail(Reject::Route(reason))),
     };
     let withdrawn = shared.withdrawals.subscribe(&route.route.id);
-    // Boxed: the dial's state (health selection, failover, the connect
-    // timeout) is the largest of the connection's, and would otherwise
-    // size the task for its whole life, idle tunnel or stalled hello.
-    let backend = Box::pin(backend::connect(
+    let backend = backend::connect(
         &route,
         &live.overlay,
         limits.connect_timeout,
         &shared.health,
         &shared.metrics,
         hello.is_some() || route.route.proxy_protocol,
-    ))
+    )
     .await
     .map_err(fail)?;
     drop(live);
@@ -97,30 +146,16 @@ async fn route_and_forward(
     if !first.is_empty() {
         if forward::write_all(&backend.stream, &first).await.is_err() {
             shared.metrics.tunnel_closed(forward::Ended::Error.as_str());
-            return Ok(());
+            return Ok(None);
         }
-        shared.metrics.bytes_to_backend.inc_by(first.len() as u64);
+        shared.metrics.bytes.to_backend.inc_by(first.len() as u64);
     }
-    drop(first);
     tracing::debug!(route = %route.route.id, %peer, backend = %backend.addr, "tunnel established");
-
-    let counters = ByteCounters {
-        to_backend: shared.metrics.bytes_to_backend.clone(),
-        to_client: shared.metrics.bytes_to_client.clone(),
-        spliced: shared.metrics.bytes_spliced.clone(),
-    };
-    let ended = forward::tunnel(
-        client,
-        &backend.stream,
-        shared.forwarding,
-        limits.idle_timeout,
-        &counters,
+    Ok(Some(Established {
+        backend,
         withdrawn,
-    )
-    .await;
-    shared.metrics.tunnel_closed(ended.as_str());
-    tracing::debug!(route = %route.route.id, %peer, ended = ended.as_str(), "tunnel closed");
-    Ok(())
+        route: Arc::clone(&route.route.id),
+    }))
 }
 
 /// The PROXY v2 header (if the route asks) followed by the peeked bytes:
@@ -155,5 +190,36 @@ impl<'a> ActiveGuard<'a> {
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
         self.0.metrics.active.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use tokio::net::{TcpListener, TcpStream};
+
+    use crate::config::Config;
+    use crate::server::Server;
+
+    /// The future a connection's task holds for its whole life, idle
+    /// tunnels included: memory per connection is this plus two socket
+    /// registrations (docs/benchmarks.md, "Memory"). It was 2,632 bytes
+    /// before the dial and each chunk were boxed, the peek phase split out
+    /// and the idle wait made a `poll_read_ready`. A new field or an
+    /// await on a large future shows here first. (Debug build; release is
+    /// no larger.)
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let config = Config::parse("", Path::new("edge.toml")).unwrap();
+        let server = Server::new(&config);
+        let listener = TcpListener::bind("[::1]:0").await.unwrap();
+        let local = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(local).await.unwrap();
+        let (accepted, peer) = listener.accept().await.unwrap();
+        let permit = server.shared.admission.admit(peer.ip()).unwrap();
+        let task = super::serve(server.shared.clone(), accepted, peer, local, true, permit);
+        let bytes = std::mem::size_of_val(&task);
+        assert!(bytes <= 1_280, "a connection's future is {bytes} bytes");
     }
 }

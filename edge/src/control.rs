@@ -143,10 +143,11 @@ impl Control for ControlService {
             return Err(self.push_error(e));
         }
         let json = request.routing_json;
-        let parsed = tokio::task::spawn_blocking(move || {
+        // The JSON is kept until it is saved as pushed (then dropped, before
+        // the compile), never serialised again from the parsed spec.
+        let (parsed, json) = tokio::task::spawn_blocking(move || {
             let parsed = serde_json::from_str::<RoutingSpec>(&json);
-            drop(json);
-            parsed
+            (parsed, json)
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
@@ -162,6 +163,7 @@ impl Control for ControlService {
             .push(Pushed {
                 fence: fence.clone(),
                 routing: Arc::new(routing),
+                json,
             })
             .await
             .map_err(|e| self.push_error(e))?;

@@ -82,10 +82,10 @@ pub(crate) struct Metrics {
     pub accepted: IntCounter,
     pub active: IntGauge,
     rejected: Resolved,
-    pub bytes_to_backend: IntCounter,
-    pub bytes_to_client: IntCounter,
-    /// Of those, the bytes moved by `splice(2)` (never through user space).
-    pub bytes_spliced: IntCounter,
+    /// `edge_bytes_total` by direction, and of those the bytes moved by
+    /// `splice(2)` (never through user space); tunnels count into these by
+    /// reference.
+    pub bytes: crate::forward::ByteCounters,
     pub peek_seconds: Histogram,
     pub hello_bytes: Histogram,
     alpn: Resolved,
@@ -171,12 +171,14 @@ impl Metrics {
                 )),
                 REJECT_REASONS,
             ),
-            bytes_to_backend: bytes.with_label_values(&["client_to_backend"]),
-            bytes_to_client: bytes.with_label_values(&["backend_to_client"]),
-            bytes_spliced: reg!(IntCounter::new(
-                "edge_bytes_spliced_total",
-                "Bytes of established tunnels moved by splice(2), both directions (a part of edge_bytes_total)."
-            )),
+            bytes: crate::forward::ByteCounters {
+                to_backend: bytes.with_label_values(&["client_to_backend"]),
+                to_client: bytes.with_label_values(&["backend_to_client"]),
+                spliced: reg!(IntCounter::new(
+                    "edge_bytes_spliced_total",
+                    "Bytes of established tunnels moved by splice(2), both directions (a part of edge_bytes_total)."
+                )),
+            },
             peek_seconds: reg!(Histogram::with_opts(
                 HistogramOpts::new(
                     "edge_client_hello_peek_seconds",

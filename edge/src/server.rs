@@ -83,8 +83,11 @@ impl Server {
     }
 
     /// As [`Server::apply`], calling `persist(version)` on the blocking thread
-    /// after the compile: an error leaves the live table as it was (the
-    /// version is not used) and is returned.
+    /// before the compile: an error leaves the live table as it was (the
+    /// version is not used) and is returned. Persisting first lets the
+    /// caller's copy of the pushed bytes go before the compile allocates
+    /// the table, which keeps the peak of a large push lower; the spec
+    /// itself is dropped right after the compile, on this thread.
     pub(crate) async fn apply_with<E: Send + 'static>(
         self: &Arc<Self>,
         config: &Config,
@@ -96,8 +99,9 @@ impl Server {
         let old = self.shared.live.load_full();
         let (policy, overlay) = (config.policy.clone(), config.overlay.policy.clone());
         let prepared = tokio::task::spawn_blocking(move || {
-            let compiled = compile(&routing, &policy, &overlay, version);
             persist(version)?;
+            let compiled = compile(&routing, &policy, &overlay, version);
+            drop(routing);
             let deleted = deleted_routes(&old.table, &compiled.table);
             Ok((compiled, deleted))
         })

@@ -130,6 +130,22 @@ impl Shared {
     }
 }
 
+/// A tunnel's subscription to its route's withdrawal: a receiver (two
+/// words) held for the tunnel's life; the future that waits on it exists
+/// only inside the tunnel's select.
+#[derive(Debug)]
+pub(crate) struct Withdrawal(watch::Receiver<bool>);
+
+impl Withdrawal {
+    /// Resolves when the route is withdrawn (never, if its sender is gone
+    /// without withdrawing it).
+    pub(crate) async fn wait(&mut self) {
+        if self.0.wait_for(|gone| *gone).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Tunnels of deleted routes: each subscribes by route id and is told when
 /// the route is gone for good.
 #[derive(Debug, Default)]
@@ -138,23 +154,15 @@ pub(crate) struct Withdrawals {
 }
 
 impl Withdrawals {
-    /// A future that resolves when route `id` is withdrawn.
-    pub(crate) fn subscribe(
-        &self,
-        id: &Arc<str>,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = {
-            let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+    /// A [`Withdrawal`] of route `id`.
+    pub(crate) fn subscribe(&self, id: &Arc<str>) -> Withdrawal {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        Withdrawal(
             routes
                 .entry(Arc::clone(id))
                 .or_insert_with(|| watch::channel(false).0)
-                .subscribe()
-        };
-        async move {
-            if rx.wait_for(|gone| *gone).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
+                .subscribe(),
+        )
     }
 
     /// Ends the tunnels of route `id` (its grace period is over).

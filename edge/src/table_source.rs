@@ -42,11 +42,13 @@ use saved::{Decoded, Fence, Saved, Stale};
 
 const STATE_FILE: &str = "routing.json";
 
-/// A table pushed by edge-agent, parsed.
+/// A table pushed by edge-agent, parsed, with the JSON it came as (saved
+/// as is).
 #[derive(Debug, Clone)]
 pub(crate) struct Pushed {
     pub fence: Fence,
     pub routing: Arc<RoutingSpec>,
+    pub json: String,
 }
 
 /// The result of applying routing: the live table version and what
@@ -244,20 +246,13 @@ impl Source {
         state.admit(&pushed.fence)?;
         let target = state.config.control.as_ref().map(|c| c.state_dir.clone());
         let fence = pushed.fence.clone();
-        let to_save = Arc::clone(&pushed.routing);
-        // Both references to the spec go to the blocking thread that
-        // compiles and persists, and are dropped there: freeing a large
-        // spec takes time, not on the runtime.
+        let json = pushed.json;
+        // The spec and its JSON go to the blocking thread that persists and
+        // compiles, and are dropped there (freeing a large spec takes
+        // time, not on the runtime); the JSON is saved as pushed, then
+        // dropped before the compile.
         let persist = move |version: u64| match target {
-            Some(dir) => persist(
-                &dir,
-                &Saved {
-                    format: saved::FORMAT,
-                    fence,
-                    table_version: version,
-                    routing: to_save,
-                },
-            ),
+            Some(dir) => persist_raw(&dir, &fence, version, &json),
             None => Ok(()),
         };
         let (version, errors) = self
@@ -400,6 +395,16 @@ fn move_aside(from: &Path, to: &Path) -> std::io::Result<PathBuf> {
     }
     std::fs::rename(from, &target)?;
     Ok(target)
+}
+
+/// Writes a pushed table to `dir/routing.json` from the JSON it was pushed
+/// as, atomically and fsynced.
+fn persist_raw(dir: &Path, fence: &Fence, version: u64, json: &str) -> Result<(), PushError> {
+    let path = dir.join(STATE_FILE);
+    let (head, tail) = saved::encode_raw(fence, version);
+    std::fs::create_dir_all(dir)
+        .and_then(|()| durable::write_atomic_parts(&path, &[&head, json.as_bytes(), &tail]))
+        .map_err(|source| PushError::Persist { path, source })
 }
 
 /// Writes `saved` to `dir/routing.json`, atomically and fsynced.

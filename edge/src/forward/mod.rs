@@ -28,9 +28,11 @@
 pub(crate) mod copy;
 pub(crate) mod splice;
 
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use prometheus::IntCounter;
@@ -38,6 +40,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::shared::Withdrawal;
 pub(crate) use copy::write_all;
 use copy::Chunk;
 use splice::{Pump, Step};
@@ -85,7 +88,7 @@ pub(crate) struct ByteCounters {
     pub spliced: IntCounter,
 }
 
-/// Runs the tunnel until it ends. `withdrawn` resolves when the route is
+/// Runs the tunnel until it ends, or until `withdrawn` says its route is
 /// gone for good.
 pub(crate) async fn tunnel(
     client: &TcpStream,
@@ -93,7 +96,7 @@ pub(crate) async fn tunnel(
     mode: Mode,
     idle_timeout: Duration,
     counters: &ByteCounters,
-    withdrawn: impl std::future::Future<Output = ()>,
+    withdrawn: &mut Withdrawal,
 ) -> Ended {
     let shared = TunnelState::new();
     let upstream = Direction {
@@ -117,7 +120,7 @@ pub(crate) async fn tunnel(
             Err(_) => Ended::Error,
         },
         () = idle(&shared.activity, idle_timeout) => Ended::IdleTimeout,
-        () = withdrawn => Ended::RouteDeleted,
+        () = withdrawn.wait() => Ended::RouteDeleted,
     }
 }
 
@@ -158,23 +161,30 @@ impl Direction<'_> {
         let mut pump: Option<Pump<'_>> = None;
         loop {
             let chunk = match pump.as_mut() {
-                Some(pump) => match Box::pin(pump.step()).await? {
-                    Step::Moved(n) => {
-                        self.moved(n, true);
-                        continue;
+                Some(pump) => {
+                    let read_closed = if pump.holds_pipe() {
+                        false
+                    } else {
+                        self.readable().await?
+                    };
+                    match Box::pin(pump.step()).await? {
+                        Step::Moved(n) => {
+                            self.moved(n, true);
+                            continue;
+                        }
+                        Step::Dry => continue,
+                        Step::Eof => {
+                            self.finish(false);
+                            return Ok(());
+                        }
+                        Step::NoPipe => {
+                            Box::pin(copy::chunk(self.from, self.to, read_closed)).await?
+                        }
                     }
-                    Step::Dry => continue,
-                    Step::Eof => {
-                        self.finish(false);
-                        return Ok(());
-                    }
-                    Step::NoPipe { read_closed } => {
-                        Box::pin(copy::chunk(self.from, self.to, read_closed)).await?
-                    }
-                },
+                }
                 None => {
-                    let ready = self.from.ready(Interest::READABLE).await?;
-                    Box::pin(copy::chunk(self.from, self.to, ready.is_read_closed())).await?
+                    let read_closed = self.readable().await?;
+                    Box::pin(copy::chunk(self.from, self.to, read_closed)).await?
                 }
             };
             match chunk {
@@ -195,6 +205,25 @@ impl Direction<'_> {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// Waits until `from` is readable; true if its peer's FIN has arrived.
+    ///
+    /// The wait is `poll_read_ready`, which keeps the waker in the socket's
+    /// own slot (each socket has one reader: this direction), so an idle
+    /// direction's future holds two references instead of tokio's 136-byte
+    /// readiness future. The read-closed bit is then read from a `ready`
+    /// future polled once, on the stack, which completes at once because
+    /// the socket is readable.
+    async fn readable(&self) -> io::Result<bool> {
+        std::future::poll_fn(|cx| self.from.poll_read_ready(cx)).await?;
+        let ready = std::pin::pin!(self.from.ready(Interest::READABLE));
+        let mut cx = Context::from_waker(Waker::noop());
+        match ready.poll(&mut cx) {
+            Poll::Ready(ready) => Ok(ready?.is_read_closed()),
+            // Readable a moment ago; the read that follows will say.
+            Poll::Pending => Ok(false),
         }
     }
 

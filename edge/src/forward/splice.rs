@@ -52,8 +52,8 @@ pub(crate) enum Step {
     /// `from` sent EOF and the pipe is empty: nothing more will move.
     Eof,
     /// `from` has bytes but no pipe can be had: the caller copies this
-    /// chunk instead (`from` is read-closed if `read_closed`).
-    NoPipe { read_closed: bool },
+    /// chunk instead.
+    NoPipe,
 }
 
 /// One direction's splicing, `from` into `to`: the pipe it holds while
@@ -83,31 +83,31 @@ impl<'a> Pump<'a> {
         }
     }
 
-    /// Waits until bytes can move and moves them; returns at every write
-    /// into `to`, so the caller counts bytes as they go. Reading and
-    /// writing overlap: while `to` has no room, `from` keeps filling the
-    /// pipe, so one slow side does not stall the other for a round trip.
+    /// True while the pump holds a pipe (bytes in flight): the caller
+    /// waits for `from` to be readable only when it does not.
+    pub(crate) fn holds_pipe(&self) -> bool {
+        self.pipe.is_some()
+    }
+
+    /// Moves bytes; returns at every write into `to`, so the caller counts
+    /// bytes as they go. Without a pipe (idle) the caller has seen `from`
+    /// readable: a pipe is taken only once there is something to move.
+    /// Reading and writing overlap: while `to` has no room, `from` keeps
+    /// filling the pipe, so one slow side does not stall the other for a
+    /// round trip.
     pub(crate) async fn step(&mut self) -> io::Result<Step> {
         if self.eof && self.pipe.is_none() {
             return Ok(Step::Eof);
         }
         let pipe = match self.pipe.take() {
             Some(pipe) => pipe,
-            None => {
-                // Idle: take a pipe only once there is something to move.
-                let ready = self.from.ready(Interest::READABLE).await?;
-                match pool::take() {
-                    Ok(pipe) => {
-                        self.dry = false;
-                        pipe
-                    }
-                    Err(_) => {
-                        return Ok(Step::NoPipe {
-                            read_closed: ready.is_read_closed(),
-                        })
-                    }
+            None => match pool::take() {
+                Ok(pipe) => {
+                    self.dry = false;
+                    pipe
                 }
-            }
+                Err(_) => return Ok(Step::NoPipe),
+            },
         };
         // An error drops the pipe with the pump: bytes still in it are lost
         // with the tunnel, and it is closed, never pooled.
@@ -293,7 +293,7 @@ mod tests {
                 Mode::Splice,
                 Duration::from_secs(30),
                 &counters,
-                std::future::pending::<()>(),
+                &mut crate::shared::Withdrawals::default().subscribe(&"t".into()),
             )
             .await;
             let got = reader.await.unwrap();

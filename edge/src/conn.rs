@@ -32,6 +32,7 @@ use crate::shared::{Shared, Withdrawal};
 /// A plain function returning an `async move` block, not an `async fn`:
 /// an `async fn` moves its arguments into locals, so the task would hold
 /// each of them twice for its whole life.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 pub(crate) fn serve(
     shared: Arc<Shared>,
     mut client: TcpStream,

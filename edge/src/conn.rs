@@ -43,9 +43,19 @@ pub(crate) fn serve(
 ) -> impl Future<Output = ()> + Send {
     async move {
         let _active = ActiveGuard::new(&shared);
-        // One slot for the outcome: the rejection is recorded inside.
-        if let Some(mut tunnel) = Box::pin(establish(&shared, &mut client, peer, local, tls)).await
-        {
+        // Filled in place (a returned value would take a second slot in
+        // this future); a rejection is recorded inside.
+        let mut established = None;
+        Box::pin(establish(
+            &shared,
+            &mut client,
+            peer,
+            local,
+            tls,
+            &mut established,
+        ))
+        .await;
+        if let Some(tunnel) = &mut established {
             let ended = forward::tunnel(
                 &client,
                 &tunnel.backend.stream,
@@ -70,23 +80,24 @@ struct Established {
     route: Arc<str>,
 }
 
-/// Peek, lookup, dial and first write; `None` when the connection ends
-/// here: rejected (recorded once: counter and log line), or the backend
-/// went away during the first write (a tunnel that ended in error).
+/// Peek, lookup, dial and first write, filling `out` with the tunnel to
+/// run; left `None` when the connection ends here: rejected (recorded
+/// once: counter and log line), or the backend went away during the first
+/// write (a tunnel that ended in error).
 async fn establish(
     shared: &Shared,
     client: &mut TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     tls: bool,
-) -> Option<Established> {
+    out: &mut Option<Established>,
+) {
     match dial(shared, client, peer, local, tls).await {
-        Ok(established) => established,
+        Ok(established) => *out = established,
         Err((reject, sni)) => {
             shared
                 .rejects
                 .record(&shared.metrics, reject, peer, local, sni.as_deref());
-            None
         }
     }
 }

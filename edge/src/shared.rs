@@ -140,8 +140,10 @@ impl Withdrawal {
     /// Resolves when the route is withdrawn (never, if its sender is gone
     /// without withdrawing it).
     pub(crate) async fn wait(&mut self) {
-        if self.0.wait_for(|gone| *gone).await.is_err() {
-            std::future::pending::<()>().await;
+        while !*self.0.borrow_and_update() {
+            if self.0.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
 }

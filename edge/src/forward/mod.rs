@@ -275,13 +275,16 @@ impl Activity {
     }
 }
 
-/// Resolves once nothing has moved for `timeout`.
+/// Resolves once nothing has moved for `timeout`. One timer, re-armed in
+/// place (`Sleep::reset`) when bytes moved meanwhile.
 async fn idle(last_activity: &Activity, timeout: Duration) {
+    let mut sleep = std::pin::pin!(tokio::time::sleep_until(last_activity.last() + timeout));
     loop {
+        sleep.as_mut().await;
         let deadline = last_activity.last() + timeout;
         if Instant::now() >= deadline {
             return;
         }
-        tokio::time::sleep_until(deadline).await;
+        sleep.as_mut().reset(deadline);
     }
 }

@@ -173,7 +173,7 @@ impl Report {
         }
         println!(
             "\nNotes and saturated side per measurement (CPU share of one core; \
-             others: every other process on the machine, near 0% when quiet):"
+             others: the rest of the machine incl. softirq, 10-20% when quiet):"
         );
         for n in &self.notes {
             println!("- {n}");

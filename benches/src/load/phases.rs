@@ -23,8 +23,10 @@ pub struct Load {
     pub proxy: Cpu,
     /// The harness's (generator and backends) CPU seconds.
     pub generator: Cpu,
-    /// CPU seconds every other process on the machine used meanwhile: on
-    /// a quiet machine near 0; more means the figures are disturbed.
+    /// CPU seconds the rest of the machine used meanwhile: other
+    /// processes, and irq/softirq time the kernel charges to no process
+    /// (loopback TCP: 10-20% of a core here). More than that means the
+    /// figures are disturbed.
     pub others: f64,
     pub secs: f64,
 }

@@ -17,7 +17,8 @@
 //!     send v2; nginx can send only v1; sniproxy only v1 and per table
 //!     entry, so it sits this phase out);
 //! the edge's connections/s and bulk GB/s on 1 and on 2 cores; and which
-//! side was saturated in each measurement.
+//! side was saturated in each measurement, with the CPU the rest of the
+//! machine used meanwhile (figures from a busy machine are not comparable).
 //!
 //! `cargo bench -p edge-benches --bench load [-- conn bulk cores]`
 //! (phases to run; all by default). `LOAD_SECS` (default 4) and
@@ -170,7 +171,10 @@ impl Report {
                 verdict(r)
             );
         }
-        println!("\nNotes and saturated side per measurement:");
+        println!(
+            "\nNotes and saturated side per measurement (CPU share of one core; \
+             others: the rest of the machine incl. softirq, 10-20% when quiet):"
+        );
         for n in &self.notes {
             println!("- {n}");
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::procfs::Cpu;
+use super::procfs::{machine_busy, Cpu};
 use super::proxies::Proxy;
 use super::{bulk_hello, CURL_HELLO};
 use crate::percentile;
@@ -23,6 +23,11 @@ pub struct Load {
     pub proxy: Cpu,
     /// The harness's (generator and backends) CPU seconds.
     pub generator: Cpu,
+    /// CPU seconds the rest of the machine used meanwhile: other
+    /// processes, and irq/softirq time the kernel charges to no process
+    /// (loopback TCP: 10-20% of a core here). More than that means the
+    /// figures are disturbed.
+    pub others: f64,
     pub secs: f64,
 }
 
@@ -35,9 +40,10 @@ impl Load {
         );
         let who = if p >= g { "proxy" } else { "generator" };
         format!(
-            "{who} (proxy {:.0}%, generator {:.0}%)",
+            "{who} (proxy {:.0}%, generator {:.0}%, others {:.0}%)",
             p * 100.0,
-            g * 100.0
+            g * 100.0,
+            self.others / self.secs * 100.0
         )
     }
 }
@@ -46,16 +52,26 @@ impl Load {
 async fn measured<T>(proxy: &Proxy, f: impl std::future::Future<Output = T>) -> (T, Load) {
     let me = std::process::id();
     let pid = proxy.pid();
-    let (p0, g0) = (pid.map(Cpu::of).unwrap_or_default(), Cpu::of(me));
+    let (p0, g0, m0) = (
+        pid.map(Cpu::of).unwrap_or_default(),
+        Cpu::of(me),
+        machine_busy(),
+    );
     let started = Instant::now();
     let out = f.await;
     let secs = started.elapsed().as_secs_f64();
-    let (p1, g1) = (pid.map(Cpu::of).unwrap_or_default(), Cpu::of(me));
+    let (p1, g1, m1) = (
+        pid.map(Cpu::of).unwrap_or_default(),
+        Cpu::of(me),
+        machine_busy(),
+    );
+    let (proxy, generator) = (p1.since(p0), g1.since(g0));
     (
         out,
         Load {
-            proxy: p1.since(p0),
-            generator: g1.since(g0),
+            proxy,
+            generator,
+            others: (m1 - m0 - proxy.total() - generator.total()).max(0.0),
             secs,
         },
     )

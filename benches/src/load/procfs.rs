@@ -31,6 +31,21 @@ impl Cpu {
     }
 }
 
+/// CPU seconds the whole machine has been busy so far (every core, every
+/// process: user, nice, system, irq, softirq, steal), from `/proc/stat`.
+pub fn machine_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let cpu = stat.lines().next().expect("the cpu line");
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().expect("tick count"))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = f[0] + f[1] + f[2] + f[5] + f[6] + f.get(7).copied().unwrap_or(0);
+    busy as f64 / clock_ticks()
+}
+
 fn clock_ticks() -> f64 {
     // USER_HZ is 100 on every Linux architecture this runs on.
     100.0

@@ -27,13 +27,12 @@
 //! libnginx-mod-stream sniproxy`. Memory per idle tunnel is the memory
 //! bench's. docs/benchmarks.md.
 
-use std::process::Command;
 use std::time::Duration;
 
 use edge_benches::load::phases::{self, Bulk, Connections};
 use edge_benches::load::proxies::{self, Proxy, Setup};
 use edge_benches::load::{backends, median};
-use edge_benches::{percentile, release_binaries};
+use edge_benches::{percentile, start_pinned_harness};
 
 /// The peers, in column order after the edge.
 const PEERS: [&str; 3] = ["haproxy", "nginx", "sniproxy"];
@@ -238,23 +237,8 @@ fn fmt(x: f64) -> String {
 }
 
 fn main() {
-    release_binaries();
-    let (_, hard) = rlimit::Resource::NOFILE.get().expect("RLIMIT_NOFILE");
-    rlimit::Resource::NOFILE
-        .set(hard, hard)
-        .expect("raise RLIMIT_NOFILE");
-    let pinned = Command::new("taskset")
-        .args(["-pc", "0", &std::process::id().to_string()])
-        .output();
-    assert!(
-        pinned.map(|o| o.status.success()).unwrap_or(false),
-        "taskset (util-linux) is needed"
-    );
-    let phases: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let wants = |p: &str| phases.is_empty() || phases.iter().any(|x| x == p);
+    let (_, phases) = start_pinned_harness();
+    let wants = |p: &str| phases.wants(p);
     let secs = env_num("LOAD_SECS", 4);
     let repeats = env_num("LOAD_REPEATS", 3) as usize;
     let run = Duration::from_secs(secs);

@@ -52,7 +52,7 @@ use edge_benches::memory::clients::{self, Backend};
 use edge_benches::memory::proxies::{self, PEERS};
 use edge_benches::memory::rss::{self, Sampler};
 use edge_benches::memory::tables;
-use edge_benches::release_binaries;
+use edge_benches::start_pinned_harness;
 use edge_proto::control::PushRequest;
 use edge_tests::control::Control;
 use edge_tests::edge::metric_value;
@@ -122,23 +122,8 @@ impl Report {
 
 fn main() {
     let started = Instant::now();
-    release_binaries();
-    let (_, hard) = rlimit::Resource::NOFILE.get().expect("RLIMIT_NOFILE");
-    rlimit::Resource::NOFILE
-        .set(hard, hard)
-        .expect("raise RLIMIT_NOFILE");
-    let pinned = Command::new("taskset")
-        .args(["-pc", "0", &std::process::id().to_string()])
-        .output();
-    assert!(
-        pinned.map(|o| o.status.success()).unwrap_or(false),
-        "taskset (util-linux) is needed"
-    );
-    let phases: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let wants = |p: &str| phases.is_empty() || phases.iter().any(|x| x == p);
+    let (hard, phases) = start_pinned_harness();
+    let wants = |p: &str| phases.wants(p);
     println!("RLIMIT_NOFILE {hard}; {}", versions());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
